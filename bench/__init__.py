@@ -1,0 +1,1 @@
+"""bucketzip's benchmark harness: ``python -m bench`` (see README.md). Not part of the installed package."""

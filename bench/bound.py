@@ -1,0 +1,97 @@
+"""The storage's limit on the same server: how fast it can serve every source object and, measured apart, take
+an archive's worth of bytes. No archiver can beat the slower of the two.
+
+    python -m bench.bound --endpoint URL --keys-file keys.txt --write-to s3://bucket/key --write-bytes N
+
+Reads are whole-object GETs, READERS at a time, bodies streamed and dropped. The write is a multipart upload
+of bytes already in memory, PART_SIZE parts with WRITERS in flight (bucketzip's defaults), completed and then
+deleted. Prints a JSON summary on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+MiB = 2**20
+READERS = 16
+WRITERS = 3
+PART_SIZE = 8 * MiB
+
+
+def _split(url: str) -> tuple[str, str]:
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
+def read_all(s3: Any, urls: list[str]) -> int:
+    def get(url: str) -> int:
+        bucket, key = _split(url)
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+        return sum(len(chunk) for chunk in body.iter_chunks(MiB))
+
+    with ThreadPoolExecutor(READERS) as pool:
+        return sum(pool.map(get, urls))
+
+
+def write(s3: Any, url: str, size: int) -> None:
+    bucket, key = _split(url)
+    part = os.urandom(PART_SIZE)
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+
+    def put(number: int) -> dict[str, Any]:
+        start = (number - 1) * PART_SIZE
+        body = part if size - start >= PART_SIZE else part[: size - start]
+        r = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)
+        return {"PartNumber": number, "ETag": r["ETag"]}
+
+    try:
+        with ThreadPoolExecutor(WRITERS) as pool:
+            parts = list(pool.map(put, range(1, max(1, -(-size // PART_SIZE)) + 1)))
+        s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+    except BaseException:
+        s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bound")
+    parser.add_argument("--endpoint", help="S3 endpoint URL")
+    parser.add_argument("--keys-file", required=True, help="file of s3://bucket/key lines to read")
+    parser.add_argument("--write-to", required=True, help="s3://bucket/key to write, then delete")
+    parser.add_argument("--write-bytes", type=int, required=True, help="how many bytes to write")
+    args = parser.parse_args(argv)
+    with open(args.keys_file) as f:
+        urls = [line.strip() for line in f if line.strip()]
+
+    config = Config(max_pool_connections=READERS + WRITERS, retries={"mode": "standard"})
+    s3 = boto3.client("s3", endpoint_url=args.endpoint, config=config)
+    started = time.perf_counter()
+    read_bytes = read_all(s3, urls)
+    read_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    write(s3, args.write_to, args.write_bytes)
+    write_seconds = time.perf_counter() - started
+    s3.delete_object(Bucket=_split(args.write_to)[0], Key=_split(args.write_to)[1])
+    result = {
+        "objects": len(urls),
+        "read_bytes": read_bytes,
+        "read_seconds": read_seconds,
+        "write_bytes": args.write_bytes,
+        "write_seconds": write_seconds,
+        "duration": max(read_seconds, write_seconds),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""The benchmark's inputs: deterministic corpora, their content, and getting them into (and out of) S3.
+
+Every object's bytes are a pure function of its key, so two runs (or two machines) benchmark the same data.
+Text is the compressible kind: words sampled from a fixed vocabulary once into a few MiB, then sliced at a
+per-object offset. Repeats are farther apart than DEFLATE's 32 KiB window, so the ratio stays that of text.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+import random
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from boto3.s3.transfer import TransferConfig
+
+KiB = 2**10
+MiB = 2**20
+CHUNK = 8 * MiB  # generation granularity: bounds the harness's memory per object being uploaded
+PUT_LIMIT = 64 * MiB  # larger objects go up as streamed multipart uploads
+TEXT_BASE = 4 * MiB
+
+CORPORA = ("mixed", "small", "large", "large4g", "small100")
+DEFAULT = ("mixed", "small")
+
+
+@dataclass(frozen=True)
+class Obj:
+    key: str
+    size: int
+    kind: str  # "text" or "random"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    prefix: str  # every object's key starts with it; ends with "/"
+    objects: tuple[Obj, ...]
+    rss_only: bool = False  # exists to compare bucketzip's peak RSS; other contenders only on request
+
+    @property
+    def input_bytes(self) -> int:
+        return sum(o.size for o in self.objects)
+
+
+def build(name: str, scale: float = 1.0) -> Corpus:
+    """The corpus called ``name``; ``scale`` shrinks its bytes (or, for the small-object ones, its count)."""
+    rng = random.Random(name)
+    kinds = ("random", "text")
+    if name == "mixed":
+        sizes = _spread(200, KiB, int(60 * 10**6 * scale), int(500 * 10**6 * scale))
+        # Alternate kinds over the sorted sizes so both span the whole range, then shuffle key order.
+        pairs = [(s, kinds[i % 2]) for i, s in enumerate(sorted(sizes))]
+        rng.shuffle(pairs)
+        objs = [Obj(f"mixed/{i:03d}.{_ext(k)}", s, k) for i, (s, k) in enumerate(pairs)]
+        return Corpus(name, "mixed/", tuple(objs))
+    if name in ("small", "small100"):
+        count = max(10, int(20_000 * scale)) if name == "small" else 100
+        objs = [
+            Obj(f"{name}/{i:05d}.{_ext(kinds[i % 2])}", rng.randint(KiB, 8 * KiB), kinds[i % 2]) for i in range(count)
+        ]
+        return Corpus(name, name + "/", tuple(objs), rss_only=name == "small100")
+    if name == "large":
+        # One object, at most 2 GB: moto holds it and reads all of it for every GET.
+        return Corpus(name, "large/", (Obj("large/big.txt", int(2 * 10**9 * scale), "text"),))
+    if name == "large4g":
+        # Enough text that the archive passes 4 GiB (ZIP64) after compression; objects <= 1 GB for moto.
+        target_input = 4.5e9 * text_ratio() * scale
+        count = math.ceil(target_input / 1e9)
+        each = int(target_input / count)
+        objs = [Obj(f"large4g/part-{i:02d}.txt", each, "text") for i in range(count)]
+        return Corpus(name, "large4g/", tuple(objs), rss_only=True)
+    raise ValueError(f"unknown corpus {name!r}; choose from {', '.join(CORPORA)}")
+
+
+def _ext(kind: str) -> str:
+    return "txt" if kind == "text" else "bin"
+
+
+def _spread(n: int, lo: int, hi: int, total: int) -> list[int]:
+    """``n`` sizes from ``lo`` to ``hi``, log-spaced and skewed by ``u**p`` so that they sum to ``total``."""
+    if total <= n * lo:
+        return [lo] * n
+    hi = max(lo, min(hi, total // 2))
+
+    def sizes(p: float) -> list[int]:
+        return [int(lo * (hi / lo) ** ((i / (n - 1)) ** p)) for i in range(n)]
+
+    a, b = 0.01, 100.0  # the sum falls as p grows: bisect on p
+    for _ in range(60):
+        mid = math.sqrt(a * b)
+        a, b = (mid, b) if sum(sizes(mid)) > total else (a, mid)
+    return sizes(b)
+
+
+@functools.cache
+def _text_base() -> bytes:
+    rng = random.Random("bucketzip-bench-text")
+    letters = "etaoinshrdlcumwfgypbvkjxqz"
+    vocab = ["".join(rng.choices(letters, weights=range(26, 0, -1), k=rng.randint(2, 11))) for _ in range(8000)]
+    weights = [1 / (rank + 1) for rank in range(len(vocab))]  # Zipf, like natural text
+    words = rng.choices(vocab, weights=weights, k=TEXT_BASE // 5)
+    lines = (" ".join(words[i : i + 12]) for i in range(0, len(words), 12))
+    text = ("\n".join(lines) + "\n").encode()
+    return (text * 2)[:TEXT_BASE]
+
+
+@functools.cache
+def text_ratio() -> float:
+    """Input/output ratio of the text under zlib level 6: used to size ``large4g``."""
+    import zlib
+
+    base = _text_base()
+    return len(base) / len(zlib.compress(base, 6))
+
+
+def content(obj: Obj) -> Iterator[bytes | memoryview]:
+    """The object's bytes, in chunks of at most ``CHUNK``."""
+    rng = random.Random(obj.key)
+    if obj.kind == "random":
+        for start in range(0, obj.size, CHUNK):
+            yield rng.randbytes(min(CHUNK, obj.size - start))
+        return
+    base = _text_base()
+    doubled = memoryview(base + base)
+    offset = rng.randrange(len(base))
+    remaining = obj.size
+    while remaining:
+        take = min(remaining, len(base), CHUNK)
+        yield doubled[offset : offset + take]
+        offset = (offset + take) % len(base)
+        remaining -= take
+
+
+class _Stream(io.RawIOBase):
+    """A readable file over a chunk iterator, so boto3 can stream a multi-GB object without holding it."""
+
+    def __init__(self, chunks: Iterator[bytes | memoryview]) -> None:
+        self._chunks = chunks
+        self._buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._buf = memoryview(chunk)
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+def upload(s3: Any, bucket: str, corpus: Corpus, threads: int = 8) -> bool:
+    """Put the corpus in ``bucket`` unless it is already there with the same sizes; True if it uploaded."""
+    if existing(s3, bucket, corpus.prefix) == {o.key: o.size for o in corpus.objects}:
+        return False
+    delete(s3, bucket, corpus.prefix)
+    big = TransferConfig(multipart_chunksize=PUT_LIMIT, max_concurrency=4)
+
+    def put(obj: Obj) -> None:
+        if obj.size <= PUT_LIMIT:
+            s3.put_object(Bucket=bucket, Key=obj.key, Body=b"".join(content(obj)))
+        else:
+            stream = io.BufferedReader(_Stream(content(obj)), buffer_size=CHUNK)
+            s3.upload_fileobj(stream, bucket, obj.key, Config=big)
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(put, corpus.objects))
+    return True
+
+
+def existing(s3: Any, bucket: str, prefix: str) -> dict[str, int]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", ())}
+
+
+def delete(s3: Any, bucket: str, prefix: str) -> None:
+    """Delete every object under ``prefix`` and abort open multipart uploads: moto holds both in memory."""
+    keys = list(existing(s3, bucket, prefix))
+    for i in range(0, len(keys), 1000):  # DeleteObjects' limit
+        batch = [{"Key": k} for k in keys[i : i + 1000]]
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+    uploads = s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", ())
+    for u in uploads:
+        s3.abort_multipart_upload(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])

@@ -1,0 +1,82 @@
+"""Turn outcomes into a table per corpus and a JSON record of every raw number."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .corpus import Corpus
+from .runner import Outcome
+
+MB = 1e6
+MiB = 2**20
+
+
+def summarize(c: Corpus, outcomes: list[Outcome]) -> dict[str, dict[str, Any]]:
+    """Per contender: median seconds, throughput, archive size, ratio, peak RSS, and the runs' times."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(o.contender for o in outcomes):
+        mine = [o for o in outcomes if o.contender == name]
+        good = [o for o in mine if o.ok and o.seconds is not None]
+        row: dict[str, Any] = {"runs": [o.seconds for o in good], "failed": len(mine) - len(good)}
+        if good:
+            median = statistics.median(o.seconds for o in good if o.seconds is not None)
+            sizes = [o.output_bytes for o in good if o.output_bytes]
+            row |= {
+                "median_seconds": median,
+                "input_mb_per_s": c.input_bytes / MB / median,
+                "peak_rss_bytes": max(o.peak_rss or 0 for o in good),
+            }
+            if sizes:
+                row |= {"output_bytes": sizes[-1], "ratio": c.input_bytes / sizes[-1]}
+            if name == "bound":
+                row["read_seconds"] = statistics.median(o.result["read_seconds"] for o in good)
+                row["write_seconds"] = statistics.median(o.result["write_seconds"] for o in good)
+        else:
+            row["error"] = mine[-1].error if mine else None
+        out[name] = row
+    return out
+
+
+def table(c: Corpus, summary: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        f"\n{c.name}: {len(c.objects)} objects, {c.input_bytes / MB:,.1f} MB in",
+        f"{'contender':10} {'median s':>9} {'in MB/s':>8} {'out MB':>9} {'ratio':>6} {'RSS MiB':>8}  runs, s",
+    ]
+    for name, row in summary.items():
+        if "median_seconds" not in row:
+            lines.append(f"{name:10} {'FAILED':>9}  {(row.get('error') or '').splitlines()[0][:80]}")
+            continue
+        out_mb = f"{row['output_bytes'] / MB:,.1f}" if "output_bytes" in row else "-"
+        ratio = f"{row['ratio']:.2f}" if "ratio" in row else "-"
+        runs = " ".join(f"{s:.2f}" for s in row["runs"])
+        lines.append(
+            f"{name:10} {row['median_seconds']:9.2f} {row['input_mb_per_s']:8.1f} {out_mb:>9} {ratio:>6} "
+            f"{row['peak_rss_bytes'] / MiB:8.0f}  {runs}"
+        )
+    if "read_seconds" in summary.get("bound", {}):
+        b = summary["bound"]
+        read, write = b["read_seconds"], b["write_seconds"]
+        lines.append(f"bound = slower of: read every object {read:.2f} s, write the archive {write:.2f} s")
+    bz = summary.get("bucketzip", {}).get("median_seconds")
+    naive = summary.get("naive", {}).get("median_seconds")
+    bound = summary.get("bound", {}).get("median_seconds")
+    if bz and naive:
+        lines.append(f"bucketzip vs naive: {naive / bz:.2f}x faster")
+    if bz and bound:
+        lines.append(f"bucketzip reaches {bound / bz:.0%} of the bound")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, default=_default) + "\n")
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Outcome):
+        return asdict(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

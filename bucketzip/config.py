@@ -1,0 +1,153 @@
+"""Settings: the only module that reads the environment.
+
+``Settings.from_env()`` builds one frozen object from a mapping (``os.environ`` by default), so tests and
+embedders hand in their own. S3 connection details use the variables the AWS SDK already defines
+(``AWS_ENDPOINT_URL_S3``, ``AWS_REGION``, ``AWS_PROFILE``...); bucketzip's own use the ``BUCKETZIP_`` prefix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .errors import ConfigError
+
+PREFIX = "BUCKETZIP_"
+
+MiB = 2**20
+GiB = 2**30
+TiB = 2**40
+
+MIN_PART_SIZE = 5 * MiB  # S3 rejects smaller non-final parts
+MAX_PART_SIZE = 5 * GiB  # S3's largest part
+MAX_PARTS = 10_000  # S3's most parts in one multipart upload
+MAX_OBJECT_SIZE = 5 * TiB  # S3's largest object: no archive can be larger
+
+
+def _size(text: str) -> int:
+    """Parse ``8388608``, ``8MiB``, ``8M``, ``1.5GiB`` (binary units either way)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
+def _csv(text: str) -> frozenset[str]:
+    return frozenset(p.strip() for p in text.split(",") if p.strip())
+
+
+def _bool(text: str) -> bool:
+    if text.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.strip().lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything bucketzip can be configured with. Field metadata names the variable and its parser."""
+
+    # --- S3 connection (the AWS SDK's own variables) ---
+    endpoint_url: str | None = field(default=None, metadata={"env": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")})
+    region: str | None = field(default=None, metadata={"env": ("AWS_REGION", "AWS_DEFAULT_REGION")})
+    profile: str | None = field(default=None, metadata={"env": ("AWS_PROFILE",)})
+    access_key_id: str | None = field(default=None, metadata={"env": ("AWS_ACCESS_KEY_ID",)}, repr=False)
+    secret_access_key: str | None = field(default=None, metadata={"env": ("AWS_SECRET_ACCESS_KEY",)}, repr=False)
+    session_token: str | None = field(default=None, metadata={"env": ("AWS_SESSION_TOKEN",)}, repr=False)
+
+    # --- the archive ---
+    part_size: int = field(default=8 * MiB, metadata={"parse": _size})
+    compression_level: int = field(default=6, metadata={"parse": int})  # zlib's scale, 0-9
+
+    # --- limits on a job (a job over one is invalid before any byte is written) ---
+    max_entries: int = field(default=100_000, metadata={"parse": int})
+    max_input_bytes: int = field(default=1 * TiB, metadata={"parse": _size})
+    max_sources: int = field(default=1_000, metadata={"parse": int})
+    allowed_buckets: frozenset[str] = field(default=frozenset(), metadata={"parse": _csv})  # empty: any
+    allowed_destination_buckets: frozenset[str] = field(default=frozenset(), metadata={"parse": _csv})
+    # Specs may come from untrusted web requests: only s3:// unless an operator widens this (e.g. "s3,file").
+    allowed_protocols: frozenset[str] = field(default=frozenset({"s3"}), metadata={"parse": _csv})
+    max_presign_expires: int = field(default=7 * 24 * 3600, metadata={"parse": int})  # SigV4's limit
+
+    # --- throughput and memory (the bounded pipeline; see engine.py) ---
+    read_concurrency: int = field(default=16, metadata={"parse": int})
+    upload_concurrency: int = field(default=3, metadata={"parse": int})
+    read_buffer: int = field(default=32 * MiB, metadata={"parse": _size})
+    chunk_size: int = field(default=1 * MiB, metadata={"parse": _size})
+    progress_interval: float = field(default=0.5, metadata={"parse": float})  # seconds between reports
+
+    # --- the queue (issue: Celery workers) ---
+    broker_url: str | None = field(default=None, metadata={"parse": str})
+    result_backend: str | None = field(default=None, metadata={"parse": str})
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata={"parse": str})
+    job_time_limit: int = field(default=6 * 3600, metadata={"parse": int})  # seconds, hard limit
+    job_soft_time_limit: int = field(default=6 * 3600 - 60, metadata={"parse": int})
+    visibility_timeout: int = field(default=7 * 3600, metadata={"parse": int})  # > the longest job
+    job_retention: int = field(default=7 * 24 * 3600, metadata={"parse": int})
+    max_jobs_recorded: int = field(default=10_000, metadata={"parse": int})
+    stale_upload_age: int = field(default=24 * 3600, metadata={"parse": int})
+    sweep_interval: int = field(default=3600, metadata={"parse": int})
+    sweep_buckets: frozenset[str] = field(default=frozenset(), metadata={"parse": _csv})
+    task_events: bool = field(default=True, metadata={"parse": _bool})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``); keyword overrides win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            names = f.metadata.get("env", (PREFIX + f.name.upper(),))
+            raw = next((env[n] for n in names if env.get(n)), None)
+            if raw is None:
+                continue
+            parse = f.metadata.get("parse", str)
+            try:
+                values[f.name] = parse(raw)
+            except ValueError as exc:
+                raise ConfigError(names[0], raw, str(exc)) from None
+        values.update(overrides)
+        return cls(**values).validated()
+
+    def validated(self) -> Settings:
+        if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
+            raise ConfigError(
+                "BUCKETZIP_PART_SIZE",
+                str(self.part_size),
+                f"must be between {MIN_PART_SIZE} and {MAX_PART_SIZE}",
+            )
+        if not 0 <= self.compression_level <= 9:
+            raise ConfigError("BUCKETZIP_COMPRESSION_LEVEL", str(self.compression_level), "must be 0-9")
+        for name in ("read_concurrency", "upload_concurrency", "max_entries", "max_sources"):
+            if getattr(self, name) < 1:
+                raise ConfigError(PREFIX + name.upper(), str(getattr(self, name)), "must be at least 1")
+        if self.chunk_size < 64 * 2**10 or self.read_buffer < self.chunk_size:
+            raise ConfigError(
+                "BUCKETZIP_READ_BUFFER",
+                str(self.read_buffer),
+                "needs chunk_size >= 64KiB and read_buffer >= it",
+            )
+        return self
+
+    def replace(self, **changes: Any) -> Settings:
+        return replace(self, **changes).validated()
+
+    def s3_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``s3fs.S3FileSystem``; unset values are left to botocore's own chain."""
+        client: dict[str, Any] = {}
+        if self.region:
+            client["region_name"] = self.region
+        opts: dict[str, Any] = {"client_kwargs": client}
+        if self.endpoint_url:
+            opts["endpoint_url"] = self.endpoint_url
+        if self.profile:
+            opts["profile"] = self.profile
+        if self.access_key_id and self.secret_access_key:
+            opts["key"] = self.access_key_id
+            opts["secret"] = self.secret_access_key
+            if self.session_token:
+                opts["token"] = self.session_token
+        return opts

@@ -1,0 +1,109 @@
+"""Local stand-ins for the demo, the tests and the benchmark: an S3 endpoint (moto's server, in its own
+process so that it never shares our GIL) and a Redis server when one is installed but not running.
+
+Nothing here is used by the worker or the producer; moto is a development dependency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def moto_server(port: int | None = None) -> Iterator[str]:
+    """Run ``moto.server`` on 127.0.0.1 in a child process; yield its endpoint URL; stop it after."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ)
+    # moto keeps objects in SpooledTemporaryFiles; big ones spill to its own temp dir.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"moto server exited with {proc.returncode}; is moto[server] installed?")
+            try:
+                urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server did not answer on {url}") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def redis_server(port: int | None = None) -> Iterator[str | None]:
+    """Yield a Redis URL: 127.0.0.1:6379 when it answers, else a private ``redis-server`` when installed,
+    else None (the caller falls back to an embedded broker)."""
+    if port is None and port_open("127.0.0.1", 6379):
+        yield "redis://127.0.0.1:6379/0"
+        return
+    exe = shutil.which("redis-server")
+    if exe is None:
+        yield None
+        return
+    port = port or free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen(
+            [
+                exe,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                tmp,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while not port_open("127.0.0.1", port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start")
+                time.sleep(0.05)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.terminate()
+            proc.wait(10)

@@ -1,0 +1,261 @@
+"""build_archive(spec, settings, on_progress) -> result: selection, read-ahead, ZIP writer and sink, wired.
+
+The stages overlap instead of taking turns: the next objects are fetched (``prefetch``) while the current one
+is checksummed and compressed on a worker thread (CRC-32 and DEFLATE release the GIL), while finished parts are
+uploaded concurrently (``S3Sink``). Each stage is bounded, so memory depends on the settings, not on the
+archive. Any exception, cancellation included, aborts the sink: the archive is published whole or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+from .archive import ZipWriter
+from .config import MAX_PARTS, MiB, Settings
+from .errors import SourceMissing
+from .prefetch import Prefetcher
+from .selection import Entry, Selection, select
+from .spec import JobSpec
+from .storage import SinkOptions, Store, store_for
+
+T = TypeVar("T")
+
+INLINE_BYTES = 256 * 2**10  # chunks smaller than this are compressed on the loop: a thread hop costs more
+
+
+@dataclass
+class Progress:
+    files_done: int
+    files_total: int
+    bytes_done: int
+    bytes_total: int
+    current: str | None
+    rate: float  # input bytes per second since the job started
+    eta: float | None  # seconds, at the current rate
+    elapsed: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class JobResult:
+    destination: str
+    size: int
+    etag: str | None
+    version_id: str | None
+    entries: int
+    input_bytes: int
+    duration: float
+    parts: int
+    part_size: int
+    storage_class: str | None = None
+    url: str | None = None
+    job_id: str | None = None
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    renamed: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Tracker:
+    """Counts progress and calls ``on_progress`` at most once per ``interval`` (and always at the end)."""
+
+    def __init__(self, sel: Selection, interval: float, on_progress: Callable[[Progress], None] | None):
+        self.files_total = len(sel.entries)
+        self.bytes_total = sel.input_bytes
+        self.files_done = self.bytes_done = 0
+        self.current: str | None = None
+        self.interval = interval
+        self.callback = on_progress
+        self.started = time.monotonic()
+        self.last = -math.inf
+
+    def report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.callback is None or (not force and now - self.last < self.interval):
+            return
+        self.last = now
+        elapsed = now - self.started
+        rate = self.bytes_done / elapsed if elapsed > 0 else 0.0
+        left = self.bytes_total - self.bytes_done
+        eta = left / rate if rate > 0 else None
+        self.callback(
+            Progress(
+                self.files_done,
+                self.files_total,
+                self.bytes_done,
+                self.bytes_total,
+                self.current,
+                round(rate, 1),
+                round(eta, 1) if eta is not None else None,
+                round(elapsed, 3),
+            )
+        )
+
+
+def part_size_for(sel: Selection, settings: Settings) -> int:
+    """The configured part size, raised (in whole MiB) so that the largest possible archive fits in
+    MAX_PARTS parts. Every non-final part has this same size."""
+    needed = math.ceil(sel.size_bound() / MAX_PARTS)
+    return max(settings.part_size, math.ceil(needed / MiB) * MiB)
+
+
+async def build_archive(
+    spec: JobSpec,
+    settings: Settings,
+    on_progress: Callable[[Progress], None] | None = None,
+    stores: Callable[[str], Store] | None = None,
+    on_upload: Callable[[str], None] | None = None,
+) -> JobResult:
+    """Make the archive ``spec`` describes. Raises a BucketzipError; publishes nothing unless it returns."""
+    started = time.monotonic()
+    stores = stores or (lambda protocol: store_for(protocol, settings))
+    sel = await select(spec, settings, stores)
+    if sel.missing and spec.on_missing == "fail":
+        raise SourceMissing(sel.missing)
+    skipped = [{"url": u, "reason": "not found"} for u in sel.missing] + sel.skipped
+
+    part_size = part_size_for(sel, settings)
+    dest_store = stores(spec.destination.protocol)
+    options = SinkOptions(
+        storage_class=spec.storage_class,
+        metadata=dict(spec.metadata),
+        content_disposition=spec.content_disposition,
+        part_size=part_size,
+        concurrency=settings.upload_concurrency,
+        on_upload=on_upload,
+    )
+    tracker = _Tracker(sel, settings.progress_interval, on_progress)
+    level = settings.compression_level if spec.compression_level is None else spec.compression_level
+    sink = await dest_store.open_sink(spec.destination, options)
+    try:
+        written = await _pipeline(sel.entries, spec, settings, stores, sink.write, level, tracker, skipped)
+        published = await sink.commit()
+    except BaseException:
+        await asyncio.shield(sink.abort())
+        raise
+    tracker.report(force=True)
+    url = None
+    if spec.presign_expires:
+        url = await dest_store.presign(spec.destination, published.version_id, spec.presign_expires)
+    return JobResult(
+        destination=spec.destination.url,
+        size=published.size,
+        etag=published.etag,
+        version_id=published.version_id,
+        entries=len(written),
+        input_bytes=sum(e.obj.size for e in written),
+        duration=round(time.monotonic() - started, 3),
+        parts=published.parts,
+        part_size=part_size,
+        storage_class=spec.storage_class,
+        url=url,
+        job_id=spec.job_id,
+        skipped=skipped,
+        renamed=sel.renamed,
+    )
+
+
+async def _pipeline(
+    entries: list[Entry],
+    spec: JobSpec,
+    settings: Settings,
+    stores: Callable[[str], Store],
+    emit: Callable[[bytes], Coroutine[Any, Any, None]],
+    level: int,
+    tracker: _Tracker,
+    skipped: list[dict[str, str]],
+) -> list[Entry]:
+    writer = ZipWriter(level)
+    written: list[Entry] = []
+
+    def read(entry: Entry) -> Any:
+        return stores(entry.obj.location.protocol).read(entry.obj, settings.chunk_size)
+
+    async with Prefetcher(entries, read, settings.read_buffer, settings.read_concurrency) as ahead:
+        for i, entry in enumerate(entries):
+            tracker.current = entry.name
+            started = False
+            try:
+                async for chunk in ahead.chunks(i):
+                    if not started:
+                        writer.begin(entry.name, entry.obj.modified, spec.compression, entry.obj.size)
+                        started = True
+                    if len(chunk) >= INLINE_BYTES:
+                        out = await asyncio.to_thread(writer.write, chunk)
+                    else:
+                        out = writer.write(chunk)
+                    if out:
+                        await emit(out)
+                    tracker.bytes_done += len(chunk)
+                    tracker.report()
+            except SourceMissing:
+                # Deleted after it was listed. Under on_missing=skip, and if none of it is written yet,
+                # leave it out; otherwise the job fails (and the sink is aborted).
+                if spec.on_missing == "skip" and not started:
+                    skipped.append({"url": entry.obj.location.url, "reason": "deleted while the job ran"})
+                    continue
+                raise
+            if not started:
+                writer.begin(entry.name, entry.obj.modified, spec.compression, entry.obj.size)
+            await emit(writer.end())
+            written.append(entry)
+            tracker.files_done += 1
+            tracker.report()
+    await emit(writer.finish())
+    return written
+
+
+# --- running a job from synchronous code (the CLI, the Celery task) ---
+
+_loop_lock = threading.Lock()
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    """fsspec's IO loop: one per process, in its own thread, shared with s3fs."""
+    import fsspec.asyn
+
+    with _loop_lock:
+        return fsspec.asyn.get_loop()
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on the IO loop and wait. If the wait is interrupted (KeyboardInterrupt, Celery's
+    SoftTimeLimitExceeded, any exception raised by a signal handler), cancel the coroutine and wait for its
+    cleanup - the upload's abort - before re-raising."""
+    done = threading.Event()
+
+    async def wrapper() -> T:
+        try:
+            return await coro
+        finally:
+            done.set()
+
+    future = asyncio.run_coroutine_threadsafe(wrapper(), _loop())
+    try:
+        return future.result()
+    except BaseException:
+        future.cancel()
+        done.wait(60)
+        raise
+
+
+def run_job(
+    spec: JobSpec | dict[str, Any],
+    settings: Settings | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_upload: Callable[[str], None] | None = None,
+) -> JobResult:
+    """Validate ``spec`` and make its archive in this process. The synchronous face of ``build_archive``."""
+    settings = settings or Settings.from_env()
+    if not isinstance(spec, JobSpec):
+        spec = JobSpec.from_dict(spec, settings)
+    return run_sync(build_archive(spec, settings, on_progress, on_upload=on_upload))

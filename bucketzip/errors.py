@@ -1,0 +1,131 @@
+"""The exception tree. Every error bucketzip raises is one of these::
+
+    BucketzipError
+    ├── ConfigError             a setting has a value we cannot use
+    ├── InvalidJob (ValueError) the job spec is wrong; names the field and the value
+    │   └── LimitExceeded       the job is over a configured limit
+    ├── SourceMissing           objects the job names do not exist (on_missing=fail)
+    ├── SourceChanged           an object changed or vanished while it was being read
+    ├── AccessDenied            credentials may not read a source or write the destination
+    ├── UploadFailed            the destination refused the archive
+    ├── JobCancelled            somebody cancelled the job while it ran
+    └── TransientError          throttling, 5xx, a dropped connection: worth retrying
+
+Every class keeps its constructor arguments in ``.args`` (and only JSON-friendly ones), so an exception survives
+Celery's JSON result backend and is rebuilt as the same type. Third-party S3 errors are translated into these
+in ``storage.py`` and nowhere else. Retry policy is declared by type: only ``TransientError`` is retried.
+"""
+
+from __future__ import annotations
+
+
+class BucketzipError(Exception):
+    """Root of every error bucketzip raises."""
+
+
+class ConfigError(BucketzipError):
+    """A setting has a value bucketzip cannot use."""
+
+    def __init__(self, variable: str, value: str, reason: str) -> None:
+        super().__init__(variable, value, reason)
+        self.variable, self.value, self.reason = variable, value, reason
+
+    def __str__(self) -> str:
+        return f"setting {self.variable}={self.value!r}: {self.reason}"
+
+
+class InvalidJob(BucketzipError, ValueError):
+    """The job spec is invalid; ``field`` is a dotted path into the spec, e.g. ``sources[2].name``."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        super().__init__(field, _jsonable(value), reason)
+        self.field, self.value, self.reason = field, value, reason
+
+    def __str__(self) -> str:
+        return f"invalid job: {self.field}={_short(self.value)}: {self.reason}"
+
+
+class LimitExceeded(InvalidJob):
+    """The job is over a configured limit (entries, input bytes, archive size)."""
+
+
+class SourceMissing(BucketzipError):
+    """Objects named by the job do not exist (and on_missing is "fail")."""
+
+    def __init__(self, urls: list[str]) -> None:
+        super().__init__(list(urls))
+        self.urls = list(urls)
+
+    def __str__(self) -> str:
+        shown = ", ".join(self.urls[:10]) + (f" and {len(self.urls) - 10} more" if len(self.urls) > 10 else "")
+        return f"{len(self.urls)} source(s) not found: {shown}"
+
+
+class SourceChanged(BucketzipError):
+    """An object was deleted or overwritten while the job read it; the archive would not match the listing."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(url, reason)
+        self.url, self.reason = url, reason
+
+    def __str__(self) -> str:
+        return f"{self.url} changed while being archived: {self.reason}"
+
+
+class AccessDenied(BucketzipError):
+    """The credentials may not read a source or write the destination."""
+
+    def __init__(self, url: str, operation: str) -> None:
+        super().__init__(url, operation)
+        self.url, self.operation = url, operation
+
+    def __str__(self) -> str:
+        return f"access denied: {self.operation} {self.url}"
+
+
+class UploadFailed(BucketzipError):
+    """The destination refused the archive (a permanent error; nothing was published)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(url, reason)
+        self.url, self.reason = url, reason
+
+    def __str__(self) -> str:
+        return f"upload to {self.url} failed: {self.reason}"
+
+
+class JobCancelled(BucketzipError):
+    """The job was cancelled while it ran; its upload was aborted."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} was cancelled"
+
+
+class TransientError(BucketzipError):
+    """A failure worth retrying: throttling, a 5xx answer, a dropped connection."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(url, reason)
+        self.url, self.reason = url, reason
+
+    def __str__(self) -> str:
+        return f"temporary failure on {self.url}: {self.reason}"
+
+
+def _jsonable(value: object) -> object:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)
+
+
+def _short(value: object, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,209 @@
+"""Object storage as the engine sees it: list, stat, read, a transactional sink, presigned URLs.
+
+Two backends implement it: ``s3store.S3Store`` (s3fs's aiobotocore client; the production path) and
+``fsstore.FsStore`` (any fsspec filesystem, for local use and tests when settings allow it). This module is the
+one place where third-party errors (botocore, aiohttp, OSError) become bucketzip's (``translate``).
+
+A sink is transactional: ``commit()`` publishes the object; ``abort()`` (which every error path calls) leaves
+nothing behind - no object, no in-progress multipart upload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from .config import Settings
+from .errors import (
+    AccessDenied,
+    BucketzipError,
+    SourceChanged,
+    SourceMissing,
+    TransientError,
+    UploadFailed,
+)
+from .spec import Location
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One source object as listed: enough to name, size and read it consistently."""
+
+    location: Location
+    size: int
+    modified: datetime
+    etag: str | None = None  # read with If-Match, so an overwrite mid-job is caught
+    version_id: str | None = None
+
+
+@dataclass(frozen=True)
+class SinkOptions:
+    content_type: str = "application/zip"
+    storage_class: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    content_disposition: str | None = None
+    part_size: int = 8 * 2**20
+    concurrency: int = 3
+    # Called with the multipart upload id once one is created (the queue records it for the sweeper).
+    on_upload: Callable[[str], None] | None = None
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the destination answered when the archive was committed."""
+
+    size: int
+    etag: str | None
+    version_id: str | None
+    parts: int
+
+
+class Sink(Protocol):
+    async def write(self, data: bytes) -> None: ...
+    async def commit(self) -> Published: ...
+    async def abort(self) -> None: ...
+
+
+class Store(Protocol):
+    async def head(self, loc: Location) -> ObjectInfo | None:
+        """The object's info, or None when it does not exist."""
+        ...
+
+    def list(self, loc: Location) -> AsyncIterator[ObjectInfo]:
+        """Every object whose key starts with ``loc.key``, in key order."""
+        ...
+
+    def read(self, obj: ObjectInfo, chunk_size: int) -> AsyncIterator[bytes]:
+        """The object's bytes in chunks of about ``chunk_size``; raises SourceChanged if it changed."""
+        ...
+
+    async def open_sink(self, dest: Location, options: SinkOptions) -> Sink: ...
+
+    async def presign(self, loc: Location, version_id: str | None, expires: int) -> str | None: ...
+
+
+# --- the one place third-party errors are translated ---
+
+_MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
+_DENIED = {
+    "AccessDenied",
+    "403",
+    "Forbidden",
+    "AllAccessDisabled",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+}
+_CHANGED = {"PreconditionFailed", "412", "InvalidRange", "416"}
+_TRANSIENT = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "500",
+    "502",
+    "503",
+    "504",
+}
+
+
+def error_code(exc: BaseException) -> str | None:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        return str(code) if code is not None else None
+    return None
+
+
+def translate(exc: BaseException, url: str, operation: str) -> BaseException:
+    """Map a botocore/aiohttp/OS error raised while doing ``operation`` on ``url`` to a BucketzipError.
+
+    ``operation`` is ``read`` (a source) or ``write`` (the destination); the same S3 code means different
+    things for each (NoSuchBucket is a missing source, but a destination we cannot write).
+    """
+    if isinstance(exc, BucketzipError | asyncio.CancelledError):
+        return exc
+    code = error_code(exc)
+    if code is not None:
+        message = exc.response.get("Error", {}).get("Message") or code  # type: ignore[attr-defined]
+        if code in _TRANSIENT or code.startswith("5"):
+            return TransientError(url, f"{code}: {message}")
+        if code in _DENIED:
+            return AccessDenied(url, operation)
+        if operation == "read":
+            if code in _MISSING or code == "NoSuchBucket":
+                return SourceMissing([url])
+            if code in _CHANGED:
+                return SourceChanged(url, "it was overwritten or deleted after it was listed")
+        if code == "NoSuchBucket":
+            return UploadFailed(url, "the bucket does not exist")
+        return UploadFailed(url, f"{code}: {message}") if operation == "write" else _other(url, code, message)
+    if isinstance(exc, FileNotFoundError):
+        return SourceMissing([url]) if operation == "read" else UploadFailed(url, "the folder does not exist")
+    if isinstance(exc, PermissionError):
+        return AccessDenied(url, operation)
+    if _is_network_error(exc):
+        return TransientError(url, f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def _other(url: str, code: str, message: str) -> BucketzipError:
+    return SourceChanged(url, f"{code}: {message}") if code.startswith("4") else TransientError(url, message)
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    names = {c.__name__ for c in type(exc).__mro__}
+    # aiohttp and botocore network errors, matched by name so this module imports neither.
+    return bool(
+        names
+        & {
+            "ClientConnectionError",
+            "ClientPayloadError",
+            "ServerDisconnectedError",
+            "EndpointConnectionError",
+            "ConnectionClosedError",
+            "ReadTimeoutError",
+            "ConnectTimeoutError",
+            "ResponseStreamingError",
+            "IncompleteReadError",
+        }
+    )
+
+
+# --- one store per protocol per process ---
+
+_stores: dict[tuple[int, str, Settings], Store] = {}
+_stores_lock = threading.Lock()
+
+
+def store_for(protocol: str, settings: Settings) -> Store:
+    """The store for ``protocol``, made once per process (fsspec's async filesystems are not fork-safe, so
+    a store made in a parent is never reused in a forked child)."""
+    key = (os.getpid(), protocol, settings)
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is None:
+            if protocol == "s3":
+                from .s3store import S3Store
+
+                store = S3Store(settings)
+            else:
+                from .fsstore import FsStore
+
+                store = FsStore(protocol)
+            _stores[key] = store
+        return store
+
+
+def run_cleanup(coro_fn: Callable[[], Any]) -> Any:
+    """Helper for sinks: run an abort even while the surrounding task is being cancelled."""
+    return asyncio.shield(asyncio.ensure_future(coro_fn()))
