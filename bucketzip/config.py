@@ -76,8 +76,8 @@ class Settings:
     # --- throughput and memory (the bounded pipeline; see engine.py) ---
     read_concurrency: int = field(default=16, metadata={"parse": int})
     upload_concurrency: int = field(default=3, metadata={"parse": int})
-    read_buffer: int = field(default=32 * MiB, metadata={"parse": _size})
-    chunk_size: int = field(default=1 * MiB, metadata={"parse": _size})
+    read_buffer: int = field(default=16 * MiB, metadata={"parse": _size})
+    chunk_size: int = field(default=512 * 2**10, metadata={"parse": _size})
     progress_interval: float = field(default=0.5, metadata={"parse": float})  # seconds between reports
 
     # --- the queue (issue: Celery workers) ---
@@ -93,6 +93,15 @@ class Settings:
     sweep_interval: int = field(default=3600, metadata={"parse": int})
     sweep_buckets: frozenset[str] = field(default=frozenset(), metadata={"parse": _csv})
     task_events: bool = field(default=True, metadata={"parse": _bool})
+    # Every Redis key bucketzip and Celery write (registry, locks, broker lists, results) starts with
+    # "<key_prefix>:", so one Redis can serve several deployments (and test runs) side by side.
+    key_prefix: str = field(default="bucketzip", metadata={"parse": str})
+    queue: str = field(default="bucketzip", metadata={"parse": str})  # the Celery queue jobs go to
+    # A running job holds its lock for this long and renews it every third of it: a worker that dies
+    # lets its job run elsewhere after at most this many seconds.
+    lock_ttl: int = field(default=60, metadata={"parse": int})
+    max_retries: int = field(default=5, metadata={"parse": int})  # of a job that failed transiently
+    retry_backoff_max: int = field(default=600, metadata={"parse": int})  # seconds between retries, at most
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -121,14 +130,24 @@ class Settings:
             )
         if not 0 <= self.compression_level <= 9:
             raise ConfigError("BUCKETZIP_COMPRESSION_LEVEL", str(self.compression_level), "must be 0-9")
-        for name in ("read_concurrency", "upload_concurrency", "max_entries", "max_sources"):
+        for name in ("read_concurrency", "upload_concurrency", "max_entries", "max_sources", "lock_ttl"):
             if getattr(self, name) < 1:
                 raise ConfigError(PREFIX + name.upper(), str(getattr(self, name)), "must be at least 1")
-        if self.chunk_size < 64 * 2**10 or self.read_buffer < self.chunk_size:
+        if self.visibility_timeout <= self.job_time_limit:
+            # A message still unacknowledged after the visibility timeout is delivered again: were that
+            # shorter than a job may run, every long job would be handed to a second worker.
+            raise ConfigError(
+                "BUCKETZIP_VISIBILITY_TIMEOUT",
+                str(self.visibility_timeout),
+                f"must be longer than BUCKETZIP_JOB_TIME_LIMIT ({self.job_time_limit}s)",
+            )
+        if self.chunk_size < 64 * 2**10:
+            raise ConfigError("BUCKETZIP_CHUNK_SIZE", str(self.chunk_size), "must be at least 64KiB")
+        if self.read_buffer < self.chunk_size:
             raise ConfigError(
                 "BUCKETZIP_READ_BUFFER",
                 str(self.read_buffer),
-                "needs chunk_size >= 64KiB and read_buffer >= it",
+                f"must be at least BUCKETZIP_CHUNK_SIZE ({self.chunk_size})",
             )
         return self
 

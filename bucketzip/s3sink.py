@@ -1,0 +1,163 @@
+"""The transactional S3 sink: a multipart upload that only ``commit()`` publishes.
+
+Parts are uploaded with boto3 on a small thread pool rather than through the event loop: measured against
+moto on loopback, boto3 (urllib3) moved 80-90 MB/s where aiobotocore (aiohttp) moved ~48 MB/s, and its socket
+writes and SigV4 payload hashing release the GIL on the pool's threads instead of stalling the loop that runs
+the reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from .spec import Location
+from .storage import Published, SinkOptions, error_code, translate
+
+ABORT_ATTEMPTS = 3  # S3 may need an abort repeated before every part is freed
+
+
+def abort_upload(client: Any, bucket: str, key: str, upload_id: str) -> None:
+    """Abort a multipart upload (blocking, boto3), retrying; an upload already gone counts as aborted."""
+    for attempt in range(ABORT_ATTEMPTS):
+        try:
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            return
+        except Exception as exc:
+            if error_code(exc) in ("NoSuchUpload", "404"):
+                return
+            if attempt == ABORT_ATTEMPTS - 1:
+                raise translate(exc, f"s3://{bucket}/{key}", "write") from exc
+            time.sleep(0.2 * 2**attempt)
+
+
+class S3Sink:
+    """Parts are cut at exactly ``part_size`` (so every non-final part is the same size, as R2 requires) and
+    uploaded ``concurrency`` at a time while the next one fills; ``write`` waits while that many are in flight,
+    which bounds memory at about ``(concurrency + 2) * part_size``. An archive smaller than one part is sent
+    with a single PUT, and no multipart upload is ever created for it.
+    """
+
+    def __init__(self, client: Any, pool: ThreadPoolExecutor, dest: Location, options: SinkOptions) -> None:
+        self.client, self.pool, self.dest, self.options = client, pool, dest, options
+        self.upload_id: str | None = None
+        self._buffer = bytearray()
+        self._size = 0
+        self._parts: dict[int, str] = {}
+        self._numbered = 0  # part numbers handed out so far
+        self._inflight: set[Future[None]] = set()
+        self._slots = asyncio.Semaphore(options.concurrency)
+        self._failure: BaseException | None = None
+        self._closed = False
+
+    def _object_args(self) -> dict[str, Any]:
+        o = self.options
+        args: dict[str, Any] = {"Bucket": self.dest.bucket, "Key": self.dest.key, "ContentType": o.content_type}
+        if o.storage_class:
+            args["StorageClass"] = o.storage_class
+        if o.metadata:
+            args["Metadata"] = dict(o.metadata)
+        if o.content_disposition:
+            args["ContentDisposition"] = o.content_disposition
+        return args
+
+    async def _call(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.pool, functools.partial(fn, **kwargs))
+        except Exception as exc:
+            raise translate(exc, self.dest.url, "write") from exc
+
+    async def write(self, data: bytes) -> None:
+        self._check()
+        self._buffer += data
+        self._size += len(data)
+        size = self.options.part_size
+        while len(self._buffer) >= size:
+            part = bytes(memoryview(self._buffer)[:size])
+            del self._buffer[:size]
+            await self._submit(part)
+
+    async def _submit(self, part: bytes) -> None:
+        if self.upload_id is None:
+            r = await self._call(self.client.create_multipart_upload, **self._object_args())
+            self.upload_id = r["UploadId"]
+            if self.options.on_upload:
+                self.options.on_upload(r["UploadId"])
+        await self._slots.acquire()
+        if self._failure is not None:
+            self._slots.release()
+            raise self._failure
+        self._numbered += 1
+        loop = asyncio.get_running_loop()
+        future = self.pool.submit(self._upload, self._numbered, part)
+        self._inflight.add(future)
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._uploaded, f))
+
+    def _upload(self, number: int, part: bytes) -> None:  # on a pool thread
+        r = self.client.upload_part(
+            Bucket=self.dest.bucket, Key=self.dest.key, UploadId=self.upload_id, PartNumber=number, Body=part
+        )
+        self._parts[number] = r["ETag"]
+
+    def _uploaded(self, future: Future[None]) -> None:  # back on the loop
+        self._inflight.discard(future)
+        self._slots.release()
+        exc = future.exception() if not future.cancelled() else None
+        if exc is not None and self._failure is None:
+            self._failure = translate(exc, self.dest.url, "write")
+
+    async def _drain(self) -> None:
+        """Wait for every part upload in flight (they cannot be interrupted mid-request)."""
+        pending = [asyncio.wrap_future(f) for f in self._inflight]
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                raise r
+
+    def _check(self) -> None:
+        if self._closed:
+            raise RuntimeError("the sink is closed")
+        if self._failure is not None:
+            raise self._failure
+
+    async def commit(self) -> Published:
+        self._check()
+        if self.upload_id is None:
+            r = await self._call(self.client.put_object, Body=bytes(self._buffer), **self._object_args())
+        else:
+            if self._buffer:  # the final part may be smaller than the others
+                await self._submit(bytes(self._buffer))
+            self._buffer = bytearray()
+            with contextlib.suppress(Exception):
+                await self._drain()  # a failure is recorded by _uploaded and raised by _check
+            await asyncio.sleep(0)  # let the last _uploaded callbacks run
+            self._check()
+            parts = [{"PartNumber": n, "ETag": e} for n, e in sorted(self._parts.items())]
+            r = await self._call(
+                self.client.complete_multipart_upload,
+                Bucket=self.dest.bucket,
+                Key=self.dest.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        self._closed = True
+        return Published(self._size, r.get("ETag"), r.get("VersionId"), max(1, len(self._parts)))
+
+    async def abort(self) -> None:
+        """Let part uploads in flight finish, then abort the upload: no object, no parts left behind."""
+        self._closed = True
+        self._buffer = bytearray()
+        for future in list(self._inflight):
+            future.cancel()  # those not started yet never will
+        with contextlib.suppress(Exception):
+            await self._drain()  # a failed part changes nothing: the whole upload is being aborted
+        if self.upload_id is not None:
+            loop = asyncio.get_running_loop()
+            upload_id = self.upload_id
+            await loop.run_in_executor(self.pool, abort_upload, self.client, self.dest.bucket, self.dest.key, upload_id)
