@@ -14,6 +14,7 @@ import builtins
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 from .config import Settings
@@ -25,9 +26,26 @@ from .storage import ObjectInfo, SinkOptions, error_code, translate
 RESUME_ATTEMPTS = 3  # a GET whose connection drops mid-body resumes from where it stopped, this many times
 
 
+def _timestamp(value: str) -> datetime:
+    """S3's XML timestamps are ISO 8601, which ``fromisoformat`` parses ~50x faster than botocore's default
+    (dateutil); that parse was 14% of our CPU listing 20,000 objects. Anything else goes to botocore's."""
+    try:
+        return datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        from botocore.utils import parse_timestamp
+
+        return parse_timestamp(value)
+
+
+def _session(session: Any) -> Any:
+    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_timestamp)
+    return session
+
+
 class S3Store:
     def __init__(self, settings: Settings) -> None:
-        import s3fs  # imported here: a producer that only enqueues never loads it
+        import aiobotocore.session  # imported here: a producer that only enqueues never loads them
+        import s3fs
 
         self.config: dict[str, Any] = {
             # Enough connections for every concurrent read and part upload of a job, plus listings.
@@ -40,7 +58,10 @@ class S3Store:
             # Presigned URLs must be SigV4: SigV2 is refused in newer regions and by most S3-compatibles.
             "signature_version": "s3v4",
         }
-        self.fs = s3fs.S3FileSystem(skip_instance_cache=True, config_kwargs=self.config, **settings.s3_options())
+        self.session = _session(aiobotocore.session.AioSession(profile=settings.profile))
+        self.fs = s3fs.S3FileSystem(
+            skip_instance_cache=True, session=self.session, config_kwargs=self.config, **settings.s3_options()
+        )
         self.settings = settings
         self.pool = ThreadPoolExecutor(settings.upload_concurrency + 1, thread_name_prefix="bucketzip-upload")
         self._boto: Any = None
@@ -51,15 +72,19 @@ class S3Store:
         with self._boto_lock:
             if self._boto is None:
                 import boto3
+                import botocore.session
                 from botocore.config import Config
 
                 s = self.settings
+                core = _session(botocore.session.Session(profile=s.profile))
+                # One copy of the S3 service model (~7 MiB) for both clients.
+                core.register_component("data_loader", self.session.get_component("data_loader"))
                 session = boto3.session.Session(
                     aws_access_key_id=s.access_key_id if s.secret_access_key else None,
                     aws_secret_access_key=s.secret_access_key if s.access_key_id else None,
                     aws_session_token=s.session_token if s.access_key_id else None,
                     region_name=s.region,
-                    profile_name=s.profile,
+                    botocore_session=core,
                 )
                 self._boto = session.client("s3", endpoint_url=s.endpoint_url, config=Config(**self.config))
             return self._boto
