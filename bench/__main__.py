@@ -19,7 +19,7 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
-from bucketzip.devserver import moto_server
+from bucketzip.devserver import moto_process
 
 from . import corpus as corpora
 from .report import summarize, table, write_json
@@ -61,25 +61,34 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 @contextlib.contextmanager
-def endpoint(given: str | None) -> Iterator[str]:
+def endpoint(given: str | None) -> Iterator[tuple[str, int | None]]:
+    """The endpoint URL, and the server's pid when it is our own moto (to measure its CPU time)."""
     if given:
-        yield given
+        yield given, None
     else:
-        with moto_server() as url:
-            yield url
+        with moto_process() as (url, proc):
+            yield url, proc.pid
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     started = dt.datetime.now()
+    load = os.getloadavg()
+    if load[0] > 0.5:  # measured before we start anything: someone else is using the CPUs
+        print(f"warning: the machine is busy (load {load[0]:.1f}); timings will be noisy", file=sys.stderr)
     results_file = RESULTS / f"{started:%Y%m%d-%H%M%S}.json"
     record: dict = {
         "started": started.isoformat(timespec="seconds"),
         "args": {k: v for k, v in vars(args).items() if k not in ("corpora", "wanted")},
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "os": platform.platform()},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "os": platform.platform(),
+            "load": load,
+        },
         "corpora": {},
     }
-    with endpoint(args.endpoint) as url, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+    with endpoint(args.endpoint) as (url, server_pid), tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         env = child_env(url, local=args.endpoint is None)
         s3 = boto3.client(
             "s3",
@@ -92,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         for bucket in (BUCKET, OUT_BUCKET):
             with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
                 s3.create_bucket(Bucket=bucket)
-        ctx = Context(s3, url, env, BUCKET, OUT_BUCKET, Path(tmp), args.timeout)
+        ctx = Context(s3, url, env, BUCKET, OUT_BUCKET, Path(tmp), args.timeout, server_pid)
         print(f"S3 endpoint {url}; results to {results_file}", file=sys.stderr)
         for name in args.corpora:
             c = corpora.build(name, args.scale)
@@ -113,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 "objects": len(c.objects),
                 "input_bytes": c.input_bytes,
                 "upload_seconds": upload_s,
+                "load_after": os.getloadavg(),
                 "summary": summary,
                 "runs": outcomes,
             }

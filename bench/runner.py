@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bucketzip.devserver import cpu_seconds
+
 from . import corpus as corpora
 from .measure import Measured, run
 from .verify import VerifyError, verify
@@ -32,6 +34,7 @@ class Context:
     out_bucket: str  # archives land here, one at a time
     workdir: Path  # key lists and specs
     timeout: float
+    server_pid: int | None = None  # our own moto server: its CPU time is measured around every run
 
 
 @dataclass
@@ -42,6 +45,7 @@ class Outcome:
     seconds: float | None = None
     peak_rss: int | None = None
     output_bytes: int | None = None
+    server_cpu: float | None = None  # seconds of CPU the S3 server spent during the run
     error: str | None = None
     result: dict[str, Any] = field(default_factory=dict)
 
@@ -88,8 +92,11 @@ def bench_corpus(ctx: Context, c: corpora.Corpus, contenders: list[str], runs: i
             out_bytes = sizes.get("bucketzip") or sizes.get("naive") or c.input_bytes
             key = f"{c.name}/{contender}-{i}.zip"
             dest = f"s3://{ctx.out_bucket}/{key}"
+            cpu_before = cpu_seconds(ctx.server_pid) if ctx.server_pid else None
             m = run(_argv(ctx, c, contender, dest, keys_file, out_bytes), ctx.env, ctx.timeout)
+            server_cpu = cpu_seconds(ctx.server_pid) - cpu_before if ctx.server_pid and cpu_before is not None else None
             outcome = _judge(ctx, c, contender, i, key, m, check=contender not in verified)
+            outcome.server_cpu = server_cpu
             if outcome.ok and contender != "bound":
                 verified.add(contender)
             corpora.delete(ctx.s3, ctx.out_bucket, f"{c.name}/")
@@ -135,11 +142,11 @@ def _print(c: corpora.Corpus, runs: int, o: Outcome, m: Measured) -> None:
         print(f"{head} FAILED after {m.seconds:.1f} s: {o.error}", file=sys.stderr, flush=True)
         return
     rss = (o.peak_rss or 0) / 2**20
-    extra = ""
+    extra = f", server CPU {o.server_cpu:.2f} s" if o.server_cpu is not None else ""
     if o.contender == "bound":
-        extra = f" (read {o.result['read_seconds']:.2f} s, write {o.result['write_seconds']:.2f} s)"
+        extra += f" (read {o.result['read_seconds']:.2f} s, write {o.result['write_seconds']:.2f} s)"
     elif o.output_bytes:
-        extra = f", archive {o.output_bytes / 1e6:.1f} MB"
+        extra += f", archive {o.output_bytes / 1e6:.1f} MB"
     print(f"{head} {o.seconds:8.2f} s, peak RSS {rss:.0f} MiB{extra}", file=sys.stderr, flush=True)
 
 

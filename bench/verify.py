@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import zipfile
+import zlib
 from typing import Any
 
 MiB = 2**20
@@ -28,11 +29,11 @@ def verify(s3: Any, bucket: str, key: str, entries: int, input_bytes: int) -> No
         with open(path, "wb") as f:
             for chunk in body.iter_chunks(8 * MiB):
                 f.write(chunk)
-        try:
+        try:  # testzip() reads every entry and checks its CRC
             with zipfile.ZipFile(path) as zf:
                 bad = zf.testzip()
                 infos = [i for i in zf.infolist() if not i.is_dir()]
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
             raise VerifyError(f"zipfile cannot read s3://{bucket}/{key}: {exc}") from exc
         if bad is not None:
             raise VerifyError(f"zipfile: bad CRC or data in entry {bad!r}")

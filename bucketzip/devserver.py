@@ -35,6 +35,20 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 @contextlib.contextmanager
 def moto_server(port: int | None = None) -> Iterator[str]:
     """Run ``moto.server`` on 127.0.0.1 in a child process; yield its endpoint URL; stop it after."""
+    with moto_process(port) as (url, _):
+        yield url
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def moto_process(port: int | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Like ``moto_server``, but yield ``(url, process)`` too, e.g. to measure the server's CPU time."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ)
@@ -57,7 +71,7 @@ def moto_server(port: int | None = None) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"moto server did not answer on {url}") from None
                 time.sleep(0.1)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:
