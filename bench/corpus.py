@@ -68,11 +68,13 @@ def build(name: str, scale: float = 1.0) -> Corpus:
         # One object, at most 2 GB: moto holds it and reads all of it for every GET.
         return Corpus(name, "large/", (Obj("large/big.txt", int(2 * 10**9 * scale), "text"),))
     if name == "large4g":
-        # Enough text that the archive passes 4 GiB (ZIP64) after compression; objects <= 1 GB for moto.
-        target_input = 4.5e9 * text_ratio() * scale
-        count = math.ceil(target_input / 1e9)
-        each = int(target_input / count)
-        objs = [Obj(f"large4g/part-{i:02d}.txt", each, "text") for i in range(count)]
+        # An archive past 4 GiB (ZIP64 offsets) from 6 GB of input in objects of 1 GB (moto holds them): four
+        # random (stored, 4 GB) and two text (~0.7 GB after DEFLATE), ~4.7 GB of archive in all.
+        kinds = ("text", "random", "random", "text", "random", "random")
+        objs = [
+            Obj(f"large4g/part-{i:02d}.{'txt' if kind == 'text' else 'bin'}", int(1e9 * scale), kind)
+            for i, kind in enumerate(kinds)
+        ]
         return Corpus(name, "large4g/", tuple(objs), rss_only=True)
     raise ValueError(f"unknown corpus {name!r}; choose from {', '.join(CORPORA)}")
 
@@ -107,15 +109,6 @@ def _text_base() -> bytes:
     lines = (" ".join(words[i : i + 12]) for i in range(0, len(words), 12))
     text = ("\n".join(lines) + "\n").encode()
     return (text * 2)[:TEXT_BASE]
-
-
-@functools.cache
-def text_ratio() -> float:
-    """Input/output ratio of the text under zlib level 6: used to size ``large4g``."""
-    import zlib
-
-    base = _text_base()
-    return len(base) / len(zlib.compress(base, 6))
 
 
 def content(obj: Obj) -> Iterator[bytes | memoryview]:
