@@ -1,9 +1,10 @@
 """build_archive(spec, settings, on_progress) -> result: selection, read-ahead, ZIP writer and sink, wired.
 
 The stages overlap instead of taking turns: the next objects are fetched (``prefetch``) while the current one
-is checksummed and compressed on a worker thread (CRC-32 and DEFLATE release the GIL), while finished parts are
-uploaded concurrently (``S3Sink``). Each stage is bounded, so memory depends on the settings, not on the
-archive. Any exception, cancellation included, aborts the sink: the archive is published whole or not at all.
+is checksummed and compressed on the ZIP stage's thread (``zipstage``; CRC-32 and DEFLATE release the GIL),
+while finished parts are uploaded concurrently (``S3Sink``). Each stage is bounded, so memory depends on the
+settings, not on the archive. Any exception, cancellation included, aborts the sink: the archive is published
+whole or not at all.
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ from .prefetch import Prefetcher
 from .selection import Entry, Selection, select
 from .spec import JobSpec
 from .storage import SinkOptions, Store, store_for
+from .zipstage import ZipStage
 
 T = TypeVar("T")
-
-INLINE_BYTES = 256 * 2**10  # chunks smaller than this are compressed on the loop: a thread hop costs more
 
 
 @dataclass
@@ -137,7 +137,7 @@ async def build_archive(
     level = settings.compression_level if spec.compression_level is None else spec.compression_level
     sink = await dest_store.open_sink(spec.destination, options)
     try:
-        written = await _pipeline(sel.entries, spec, settings, stores, sink.write, level, tracker, skipped)
+        written = await _pipeline(sel.entries, spec, settings, stores, sink.write, level, part_size, tracker, skipped)
         published = await sink.commit()
     except BaseException:
         await asyncio.shield(sink.abort())
@@ -171,46 +171,45 @@ async def _pipeline(
     stores: Callable[[str], Store],
     emit: Callable[[bytes], Coroutine[Any, Any, None]],
     level: int,
+    part_size: int,
     tracker: _Tracker,
     skipped: list[dict[str, str]],
 ) -> list[Entry]:
-    writer = ZipWriter(level)
     written: list[Entry] = []
 
     def read(entry: Entry) -> Any:
         return stores(entry.obj.location.protocol).read(entry.obj, settings.chunk_size)
 
-    async with Prefetcher(entries, read, settings.read_buffer, settings.read_concurrency) as ahead:
-        for i, entry in enumerate(entries):
-            tracker.current = entry.name
-            started = False
-            try:
-                async for chunk in ahead.chunks(i):
-                    if not started:
-                        writer.begin(entry.name, entry.obj.modified, spec.compression, entry.obj.size)
-                        started = True
-                    if len(chunk) >= INLINE_BYTES:
-                        out = await asyncio.to_thread(writer.write, chunk)
-                    else:
-                        out = writer.write(chunk)
-                    if out:
-                        await emit(out)
-                    tracker.bytes_done += len(chunk)
-                    tracker.report()
-            except SourceMissing:
-                # Deleted after it was listed. Under on_missing=skip, and if none of it is written yet,
-                # leave it out; otherwise the job fails (and the sink is aborted).
-                if spec.on_missing == "skip" and not started:
-                    skipped.append({"url": entry.obj.location.url, "reason": "deleted while the job ran"})
-                    continue
-                raise
-            if not started:
-                writer.begin(entry.name, entry.obj.modified, spec.compression, entry.obj.size)
-            await emit(writer.end())
-            written.append(entry)
-            tracker.files_done += 1
-            tracker.report()
-    await emit(writer.finish())
+    stage = ZipStage(ZipWriter(level), emit, block=part_size)
+    try:
+        async with Prefetcher(entries, read, settings.read_buffer, settings.read_concurrency) as ahead:
+            for i, entry in enumerate(entries):
+                tracker.current = entry.name
+                started = False
+                try:
+                    async for chunk in ahead.chunks(i):
+                        if not started:
+                            await stage.begin(entry.name, entry.obj.modified, spec.compression, entry.obj.size)
+                            started = True
+                        await stage.write(chunk)
+                        tracker.bytes_done += len(chunk)
+                        tracker.report()
+                except SourceMissing:
+                    # Deleted after it was listed. Under on_missing=skip, and if none of it is written yet,
+                    # leave it out; otherwise the job fails (and the sink is aborted).
+                    if spec.on_missing == "skip" and not started:
+                        skipped.append({"url": entry.obj.location.url, "reason": "deleted while the job ran"})
+                        continue
+                    raise
+                if not started:
+                    await stage.begin(entry.name, entry.obj.modified, spec.compression, entry.obj.size)
+                await stage.end()
+                written.append(entry)
+                tracker.files_done += 1
+                tracker.report()
+        await stage.finish()
+    finally:
+        await stage.close()
     return written
 
 

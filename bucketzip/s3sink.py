@@ -75,9 +75,12 @@ class S3Sink:
 
     async def write(self, data: bytes) -> None:
         self._check()
-        self._buffer += data
         self._size += len(data)
         size = self.options.part_size
+        if not self._buffer and len(data) == size:
+            await self._submit(data)  # a whole part already (the ZIP stage cuts them so): no copy
+            return
+        self._buffer += data
         while len(self._buffer) >= size:
             part = bytes(memoryview(self._buffer)[:size])
             del self._buffer[:size]

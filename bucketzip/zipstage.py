@@ -1,0 +1,146 @@
+"""The ZIP writer as a pipeline stage on its own thread, between the event loop's reads and the sink.
+
+Awaiting one thread hop per chunk made the pipeline wait for the GIL and a loop wake-up on every chunk:
+measured on a 500 MB job, 506 hops took 3.4 s for ~0.8 s of DEFLATE. Here the loop only enqueues (it waits
+when ``depth`` items are queued, which bounds memory) and the thread runs CRC-32 and DEFLATE back to back,
+both of which release the GIL. Output is cut into blocks of exactly ``block`` bytes, the sink's part size, so
+the sink sends each as a part without copying it again; the thread crosses back to the loop once per part,
+which is also where the sink's backpressure reaches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from typing import Any
+
+from .archive import Method, ZipWriter
+
+_STOP = object()
+
+
+class ZipStage:
+    def __init__(
+        self,
+        writer: ZipWriter,
+        emit: Callable[[bytes], Coroutine[Any, Any, None]],
+        block: int,
+        depth: int = 8,
+    ) -> None:
+        self._writer = writer
+        self._emit = emit
+        self._block = block
+        self._loop = asyncio.get_running_loop()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._depth = depth
+        self._room = asyncio.Semaphore(depth)
+        self._out: list[bytes | memoryview] = []
+        self._held = 0
+        self._error: BaseException | None = None
+        self._stopping = False
+        self._done = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, name="bucketzip-zip", daemon=True)
+        self._thread.start()
+
+    # --- the loop's side ---
+
+    async def _put(self, item: Any) -> None:
+        if not self._done.is_set():
+            await self._room.acquire()
+        if self._error is not None:
+            raise self._error
+        if self._done.is_set():
+            raise RuntimeError("the ZIP stage has stopped")
+        self._queue.put(item)
+
+    async def begin(self, name: str, modified: datetime, method: Method, size: int | None) -> None:
+        await self._put(("begin", name, modified, method, size))
+
+    async def write(self, data: bytes) -> None:
+        await self._put(("write", data))
+
+    async def end(self) -> None:
+        await self._put(("end",))
+
+    async def finish(self) -> None:
+        """Write the central directory, flush everything to the sink, and wait for the thread."""
+        await self._put(("finish",))
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+    async def close(self) -> None:
+        """Stop the thread (after an error elsewhere, or a cancellation) and wait until it has."""
+        self._stopping = True
+        self._queue.put(_STOP)
+        await asyncio.shield(self._done.wait())
+
+    # --- the thread's side ---
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    return
+                self._loop.call_soon_threadsafe(self._room.release)
+                if self._stopping:
+                    continue
+                kind, *args = item
+                if kind == "begin":
+                    self._gather(self._writer.begin(*args))
+                elif kind == "write":
+                    self._gather(self._writer.write(args[0]))
+                elif kind == "end":
+                    self._gather(self._writer.end())
+                else:
+                    self._gather(self._writer.finish())
+                    self._flush(force=True)
+                    return
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._loop.call_soon_threadsafe(self._stopped)
+
+    def _stopped(self) -> None:  # on the loop: wake whoever waits for room, so they see the error
+        self._done.set()
+        for _ in range(self._depth):
+            self._room.release()
+
+    def _gather(self, data: bytes) -> None:
+        if data:
+            self._out.append(data)
+            self._held += len(data)
+            while self._held >= self._block:
+                self._emit_block(self._cut(self._block))
+
+    def _cut(self, size: int) -> bytes:
+        """Exactly ``size`` bytes from the front of what is held, in one copy: whole pieces, and a view of the
+        piece that straddles the boundary (its rest stays held as a view)."""
+        taken: list[bytes | memoryview] = []
+        need = size
+        while need:
+            piece = self._out[0]
+            if len(piece) <= need:
+                taken.append(self._out.pop(0))
+                need -= len(piece)
+            else:
+                view = memoryview(piece)
+                taken.append(view[:need])
+                self._out[0] = view[need:]
+                need = 0
+        self._held -= size
+        return b"".join(taken)
+
+    def _flush(self, force: bool = False) -> None:
+        if self._held:
+            self._emit_block(self._cut(self._held))
+
+    def _emit_block(self, data: bytes) -> None:
+        if self._stopping:
+            return
+        # Blocks this thread (not the loop) until the sink has taken the block: the sink's backpressure.
+        asyncio.run_coroutine_threadsafe(self._emit(data), self._loop).result()
