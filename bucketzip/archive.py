@@ -141,7 +141,7 @@ class ZipWriter:
         entry = self._current
         assert entry is not None
         if not data:
-            return out
+            return self._emit(out)  # the local header, when this empty write opened the entry
         entry.crc = crc32(data, entry.crc)
         entry.uncompressed += len(data)
         if self._compressor is not None:

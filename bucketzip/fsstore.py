@@ -90,9 +90,13 @@ class FsStore:
 
 
 class FsSink:
+    FLUSH_BYTES = 1 * 2**20  # small writes are gathered: a thread hop per entry header would cost more than it
+
     def __init__(self, fs: Any, dest: Location, tmp: str, f: Any) -> None:
         self.fs, self.dest, self.tmp, self.f = fs, dest, tmp, f
         self.size = 0
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
 
     @classmethod
     async def open(cls, fs: Any, dest: Location) -> FsSink:
@@ -105,13 +109,22 @@ class FsSink:
         return cls(fs, dest, tmp, f)
 
     async def write(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        self.size += len(data)
+        if self._pending_bytes >= self.FLUSH_BYTES:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        data = b"".join(self._pending)
+        self._pending, self._pending_bytes = [], 0
         try:
             await asyncio.to_thread(self.f.write, data)
         except Exception as exc:
             raise translate(exc, self.dest.url, "write") from exc
-        self.size += len(data)
 
     async def commit(self) -> Published:
+        await self._flush()
         try:
             await asyncio.to_thread(self.f.close)
             await asyncio.to_thread(self.fs.mv, self.tmp, self.dest.path)

@@ -49,6 +49,10 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     out, i = [], 0
     while i < len(pattern):
         c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")  # zero or more whole segments: "a/**/b" matches "a/b" too, as in every glob
+            i += 3
+            continue
         if pattern.startswith("**", i):
             out.append(".*")
             i += 2
@@ -74,7 +78,9 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
 
 async def select(spec: JobSpec, settings: Settings, stores: Callable[[str], Store]) -> Selection:
     """Expand ``spec.sources`` into entries, applying naming, on_duplicate and the limits."""
-    found = await asyncio.gather(*(_expand(s, stores(s.location.protocol), settings) for s in spec.sources))
+    found = await asyncio.gather(
+        *(_expand(f"sources[{i}]", s, stores(s.location.protocol), settings) for i, s in enumerate(spec.sources))
+    )
     sel = Selection()
     seen: dict[str, int] = {}  # casefolded name -> next duplicate number
     total = 0
@@ -113,7 +119,7 @@ async def select(spec: JobSpec, settings: Settings, stores: Callable[[str], Stor
     return sel
 
 
-async def _expand(source: Source, store: Store, settings: Settings) -> list[ObjectInfo]:
+async def _expand(where: str, source: Source, store: Store, settings: Settings) -> list[ObjectInfo]:
     loc = source.location
     if source.kind == "object":
         info = await store.head(loc)
@@ -133,7 +139,7 @@ async def _expand(source: Source, store: Store, settings: Settings) -> list[Obje
         if match(key):
             out.append(obj)
             if len(out) > settings.max_entries:
-                raise LimitExceeded(f"{source.url}", len(out), f"more than {settings.max_entries} entries")
+                raise LimitExceeded(where, len(out), f"{source.url} matches more than {settings.max_entries} entries")
     return out
 
 

@@ -24,6 +24,7 @@ from .errors import (
     BucketzipError,
     SourceChanged,
     SourceMissing,
+    SourceUnreadable,
     TransientError,
     UploadFailed,
 )
@@ -144,7 +145,10 @@ def translate(exc: BaseException, url: str, operation: str) -> BaseException:
                 return SourceChanged(url, "it was overwritten or deleted after it was listed")
         if code == "NoSuchBucket":
             return UploadFailed(url, "the bucket does not exist")
-        return UploadFailed(url, f"{code}: {message}") if operation == "write" else _other(url, code, message)
+        if operation == "write":
+            return UploadFailed(url, f"{code}: {message}")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")  # type: ignore[attr-defined]
+        return _other(url, code, message, status)
     if isinstance(exc, FileNotFoundError):
         return SourceMissing([url]) if operation == "read" else UploadFailed(url, "the folder does not exist")
     if isinstance(exc, PermissionError):
@@ -154,8 +158,13 @@ def translate(exc: BaseException, url: str, operation: str) -> BaseException:
     return exc
 
 
-def _other(url: str, code: str, message: str) -> BucketzipError:
-    return SourceChanged(url, f"{code}: {message}") if code.startswith("4") else TransientError(url, message)
+def _other(url: str, code: str, message: str, status: object) -> BucketzipError:
+    if code == "InvalidObjectState":
+        return SourceUnreadable(url, "it is archived (GLACIER or DEEP_ARCHIVE); restore it before zipping it")
+    # Most codes are names, so the HTTP status tells a permanent client error from one worth retrying.
+    if code.startswith("4") or (isinstance(status, int) and 400 <= status < 500):
+        return SourceUnreadable(url, f"{code}: {message}")
+    return TransientError(url, f"{code}: {message}")
 
 
 def _is_network_error(exc: BaseException) -> bool:

@@ -1,0 +1,392 @@
+"""Storage: error translation (real botocore exceptions), and the S3 and local stores against real endpoints.
+
+The stores are driven through the same interface the engine uses: head, list, read, open_sink -> write,
+commit, abort. Objects are checked with the test's own boto3 client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+
+from bucketzip.config import Settings
+from bucketzip.devserver import moto_server
+from bucketzip.engine import run_sync
+from bucketzip.errors import (
+    AccessDenied,
+    SourceChanged,
+    SourceMissing,
+    SourceUnreadable,
+    TransientError,
+    UploadFailed,
+)
+from bucketzip.spec import Location
+from bucketzip.storage import ObjectInfo, Published, SinkOptions, error_code, store_for, translate
+from tests.conftest import CREDENTIALS
+from tests.helpers import keys, open_uploads
+
+MiB = 2**20
+URL = "s3://photos/a.jpg"
+
+
+def client_error(code: str, message: str = "", status: int = 400, operation: str = "GetObject") -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}}, operation
+    )
+
+
+# --- translate: the one boundary where third-party errors become ours ---
+
+
+@pytest.mark.parametrize(
+    ("code", "operation", "kind"),
+    [
+        ("NoSuchKey", "read", SourceMissing),
+        ("404", "read", SourceMissing),
+        ("NoSuchBucket", "read", SourceMissing),
+        ("NoSuchBucket", "write", UploadFailed),  # a destination bucket that is not there: permanent, ours
+        ("AccessDenied", "read", AccessDenied),
+        ("AccessDenied", "write", AccessDenied),
+        ("403", "read", AccessDenied),
+        ("InvalidAccessKeyId", "read", AccessDenied),
+        ("SignatureDoesNotMatch", "write", AccessDenied),
+        ("PreconditionFailed", "read", SourceChanged),  # If-Match failed: overwritten since it was listed
+        ("412", "read", SourceChanged),
+        ("SlowDown", "read", TransientError),
+        ("SlowDown", "write", TransientError),
+        ("503", "write", TransientError),
+        ("ServiceUnavailable", "read", TransientError),
+        ("InternalError", "write", TransientError),
+        ("RequestTimeout", "write", TransientError),
+        ("EntityTooSmall", "write", UploadFailed),
+        ("InvalidObjectState", "read", SourceUnreadable),  # archived in GLACIER: restore it first
+    ],
+)
+def test_client_errors(code: str, operation: str, kind: type[Exception]) -> None:
+    exc = translate(client_error(code, "the message"), URL, operation)
+    assert type(exc) is kind
+    assert URL in str(exc)
+    if kind is AccessDenied:
+        assert isinstance(exc, AccessDenied) and exc.operation == operation
+    if kind is SourceMissing:
+        assert isinstance(exc, SourceMissing) and exc.urls == [URL]
+    if kind in (TransientError, UploadFailed) and code != "NoSuchBucket":
+        assert code in str(exc)  # the S3 code is kept for whoever reads the log
+
+
+@pytest.mark.parametrize(("status", "kind"), [(403, SourceUnreadable), (409, SourceUnreadable), (500, TransientError)])
+def test_unknown_read_errors_are_judged_by_http_status(status: int, kind: type[Exception]) -> None:
+    # A permanent client error must not be retried as if it were transient.
+    assert type(translate(client_error("SomethingNew", status=status), URL, "read")) is kind
+
+
+def test_no_such_bucket_on_write_says_so() -> None:
+    exc = translate(client_error("NoSuchBucket", operation="PutObject"), URL, "write")
+    assert isinstance(exc, UploadFailed) and "bucket does not exist" in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("raised", "operation", "kind"),
+    [
+        (FileNotFoundError(2, "No such file"), "read", SourceMissing),
+        (FileNotFoundError(2, "No such file"), "write", UploadFailed),
+        (PermissionError(13, "Permission denied"), "read", AccessDenied),
+        (ConnectionResetError(104, "reset"), "read", TransientError),
+        (TimeoutError("timed out"), "write", TransientError),
+        (EndpointConnectionError(endpoint_url="http://s3.example"), "read", TransientError),
+        (ReadTimeoutError(endpoint_url="http://s3.example"), "read", TransientError),
+        (ConnectTimeoutError(endpoint_url="http://s3.example"), "write", TransientError),
+    ],
+)
+def test_other_errors(raised: Exception, operation: str, kind: type[Exception]) -> None:
+    assert type(translate(raised, URL, operation)) is kind
+
+
+def test_ours_and_unknown_errors_pass_through() -> None:
+    ours = SourceChanged(URL, "x")
+    assert translate(ours, URL, "read") is ours
+    cancelled = asyncio.CancelledError()
+    assert translate(cancelled, URL, "read") is cancelled
+    bug = KeyError("not an S3 error")
+    assert translate(bug, URL, "read") is bug  # a bug in our code must not be disguised as an S3 failure
+
+
+def test_error_code() -> None:
+    assert error_code(client_error("SlowDown")) == "SlowDown"
+    assert error_code(ValueError("x")) is None
+
+
+# --- the S3 store against moto ---
+
+
+async def _collect(chunks: AsyncIterator[bytes]) -> list[bytes]:
+    return [c async for c in chunks]
+
+
+def read_all(settings: Settings, obj: ObjectInfo, chunk_size: int) -> list[bytes]:
+    return run_sync(_collect(store_for("s3", settings).read(obj, chunk_size)))
+
+
+def head(settings: Settings, bucket: str, key: str) -> ObjectInfo | None:
+    return run_sync(store_for("s3", settings).head(Location("s3", bucket, key)))
+
+
+def test_head_and_read(make_bucket: Callable[[], str], s3: Any, settings: Settings) -> None:
+    b = make_bucket()
+    data = os.urandom(MiB + 12345)
+    s3.put_object(Bucket=b, Key="x/data.bin", Body=data)
+    assert head(settings, b, "x/missing.bin") is None
+    obj = head(settings, b, "x/data.bin")
+    assert obj is not None and obj.size == len(data)
+    chunks = read_all(settings, obj, 256 * 1024)
+    assert b"".join(chunks) == data
+    assert {len(c) for c in chunks[:-1]} == {256 * 1024}  # whole chunks, only the last one short
+
+
+def test_read_of_an_overwritten_object_fails(make_bucket: Callable[[], str], s3: Any, settings: Settings) -> None:
+    b = make_bucket()
+    s3.put_object(Bucket=b, Key="k", Body=b"first version")
+    obj = head(settings, b, "k")
+    assert obj is not None
+    s3.put_object(Bucket=b, Key="k", Body=b"second version")  # same size, other bytes
+    with pytest.raises(SourceChanged) as info:
+        read_all(settings, obj, 65536)
+    assert info.value.url == f"s3://{b}/k"
+
+
+def test_read_of_a_deleted_object_fails(make_bucket: Callable[[], str], s3: Any, settings: Settings) -> None:
+    b = make_bucket()
+    s3.put_object(Bucket=b, Key="k", Body=b"data")
+    obj = head(settings, b, "k")
+    assert obj is not None
+    s3.delete_object(Bucket=b, Key="k")
+    with pytest.raises(SourceMissing) as info:
+        read_all(settings, obj, 65536)
+    assert info.value.urls == [f"s3://{b}/k"]
+
+
+def test_read_shorter_than_listed_fails(make_bucket: Callable[[], str], s3: Any, settings: Settings) -> None:
+    b = make_bucket()
+    s3.put_object(Bucket=b, Key="k", Body=b"data")
+    obj = head(settings, b, "k")
+    assert obj is not None
+    wrong = ObjectInfo(obj.location, obj.size + 1, obj.modified, obj.etag)
+    with pytest.raises(SourceChanged, match="read 4 bytes"):
+        read_all(settings, wrong, 65536)
+
+
+def test_read_of_an_archived_glacier_object_is_permanent(
+    make_bucket: Callable[[], str], s3: Any, settings: Settings
+) -> None:
+    b = make_bucket()
+    s3.put_object(Bucket=b, Key="cold", Body=b"data", StorageClass="GLACIER")
+    obj = head(settings, b, "cold")
+    assert obj is not None
+    with pytest.raises(SourceUnreadable, match="restore it"):  # not a TransientError: retrying won't help
+        read_all(settings, obj, 65536)
+
+
+def write_through_sink(
+    settings: Settings, dest: Location, pieces: list[bytes], options: SinkOptions, commit: bool = True
+) -> Published | None:
+    async def go() -> Published | None:
+        sink = await store_for(dest.protocol, settings).open_sink(dest, options)
+        for piece in pieces:
+            await sink.write(piece)
+        if commit:
+            return await sink.commit()
+        await sink.abort()
+        return None
+
+    return run_sync(go())
+
+
+def test_small_archive_is_one_put(make_bucket: Callable[[], str], s3: Any, settings: Settings) -> None:
+    b = make_bucket()
+    uploads: list[str] = []
+    options = SinkOptions(
+        part_size=5 * MiB,
+        metadata={"owner": "u42"},
+        content_disposition='attachment; filename="x.zip"',
+        storage_class="STANDARD_IA",
+        on_upload=uploads.append,
+    )
+    published = write_through_sink(settings, Location("s3", b, "out/x.zip"), [b"abc", b"def"], options)
+    assert uploads == [], "no multipart upload for an archive smaller than a part"
+    assert published is not None and (published.size, published.parts) == (6, 1)
+    h = s3.head_object(Bucket=b, Key="out/x.zip")
+    assert h["ETag"] == published.etag
+    assert (h["ContentType"], h["Metadata"], h["ContentDisposition"], h["StorageClass"]) == (
+        "application/zip",
+        {"owner": "u42"},
+        'attachment; filename="x.zip"',
+        "STANDARD_IA",
+    )
+    assert s3.get_object(Bucket=b, Key="out/x.zip")["Body"].read() == b"abcdef"
+
+
+def test_multipart_parts_are_equal_and_published_only_on_commit(
+    make_bucket: Callable[[], str], s3: Any, settings: Settings
+) -> None:
+    b = make_bucket()
+    data = os.urandom(12 * MiB + 777)
+    pieces = [data[i : i + 700_001] for i in range(0, len(data), 700_001)]  # not aligned to the part size
+    seen: dict[str, Any] = {}
+
+    async def go() -> Published:
+        dest = Location("s3", b, "big.zip")
+        options = SinkOptions(part_size=5 * MiB, metadata={"a": "b"}, on_upload=lambda u: seen.setdefault("id", u))
+        sink = await store_for("s3", settings).open_sink(dest, options)
+        for piece in pieces:
+            await sink.write(piece)
+        seen["uploads"] = await asyncio.to_thread(open_uploads, s3, b)
+        seen["keys"] = await asyncio.to_thread(keys, s3, b)
+        return await sink.commit()
+
+    published = run_sync(go())
+    assert [u["UploadId"] for u in seen["uploads"]] == [seen["id"]]
+    assert seen["keys"] == [], "nothing is visible before commit"
+    assert (published.size, published.parts) == (len(data), 3)
+    sizes = [s3.head_object(Bucket=b, Key="big.zip", PartNumber=n)["ContentLength"] for n in (1, 2, 3)]
+    assert sizes == [5 * MiB, 5 * MiB, 2 * MiB + 777]
+    h = s3.head_object(Bucket=b, Key="big.zip")
+    assert (h["ContentLength"], h["ETag"], h["Metadata"]) == (len(data), published.etag, {"a": "b"})
+    assert s3.get_object(Bucket=b, Key="big.zip")["Body"].read() == data
+    assert open_uploads(s3, b) == []
+
+
+def test_abort_leaves_nothing(make_bucket: Callable[[], str], s3: Any, settings: Settings) -> None:
+    b = make_bucket()
+    uploads: list[str] = []
+    options = SinkOptions(part_size=5 * MiB, on_upload=uploads.append)
+    write_through_sink(settings, Location("s3", b, "x.zip"), [os.urandom(MiB)] * 11, options, commit=False)
+    assert len(uploads) == 1, "parts were uploaded before the abort"
+    assert keys(s3, b) == [] and open_uploads(s3, b) == []
+    # Abort before any part: nothing was ever created.
+    write_through_sink(settings, Location("s3", b, "y.zip"), [b"small"], SinkOptions(), commit=False)
+    assert keys(s3, b) == [] and open_uploads(s3, b) == []
+
+
+def test_closed_sink_refuses_writes(make_bucket: Callable[[], str], settings: Settings) -> None:
+    b = make_bucket()
+
+    async def go() -> None:
+        sink = await store_for("s3", settings).open_sink(Location("s3", b, "x.zip"), SinkOptions())
+        await sink.write(b"x")
+        await sink.commit()
+        with pytest.raises(RuntimeError):
+            await sink.write(b"more")
+
+    run_sync(go())
+
+
+@pytest.mark.parametrize("size", [10, 6 * MiB], ids=["put", "multipart"])
+def test_missing_destination_bucket(settings: Settings, size: int) -> None:
+    dest = Location("s3", "no-such-bucket-bucketzip", "x.zip")
+    with pytest.raises(UploadFailed) as info:
+        write_through_sink(settings, dest, [bytes(size)], SinkOptions(part_size=5 * MiB))
+    assert info.value.url == dest.url and "bucket does not exist" in str(info.value)
+
+
+def test_presigned_url_serves_the_object(make_bucket: Callable[[], str], s3: Any, settings: Settings) -> None:
+    b = make_bucket()
+    s3.put_object(Bucket=b, Key="dir/x.zip", Body=b"zip bytes")
+    url = run_sync(store_for("s3", settings).presign(Location("s3", b, "dir/x.zip"), None, 60))
+    assert url is not None and "X-Amz-Signature" in url and "X-Amz-Expires=60" in url
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.read() == b"zip bytes"
+
+
+def test_one_store_per_protocol_and_settings(settings: Settings) -> None:
+    assert store_for("s3", settings) is store_for("s3", settings)
+    assert store_for("s3", settings) is not store_for("s3", settings.replace(read_concurrency=2))
+    assert store_for("file", settings) is not store_for("s3", settings)
+
+
+# --- real denied access: a second moto server that enforces credentials ---
+
+
+@pytest.fixture(scope="module")
+def strict_s3(monkeypatch_module: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
+    """A moto server that lets its first two requests through (to make a bucket and an object) and then
+    checks credentials against its IAM, where none exist."""
+    monkeypatch_module.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "2")
+    with moto_server() as url:
+        s3 = boto3.client("s3", endpoint_url=url, **CREDENTIALS)
+        s3.create_bucket(Bucket="locked")
+        s3.put_object(Bucket="locked", Key="secret.txt", Body=b"secret")
+        yield url, "locked"
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def test_denied_access_end_to_end(strict_s3: tuple[str, str]) -> None:
+    url, bucket = strict_s3
+    settings = Settings.from_env(
+        {
+            "AWS_ENDPOINT_URL_S3": url,
+            "AWS_ACCESS_KEY_ID": "nobody",
+            "AWS_SECRET_ACCESS_KEY": "x",
+            "AWS_REGION": "us-east-1",
+        }
+    )
+    with pytest.raises(AccessDenied) as info:
+        head(settings, bucket, "secret.txt")
+    assert (info.value.url, info.value.operation) == (f"s3://{bucket}/secret.txt", "read")
+    with pytest.raises(AccessDenied) as info:
+        write_through_sink(settings, Location("s3", bucket, "out.zip"), [b"x"], SinkOptions())
+    assert (info.value.url, info.value.operation) == (f"s3://{bucket}/out.zip", "write")
+
+
+# --- the local store (fsspec), for local use and the ZIP64 tests ---
+
+
+def test_local_sink_is_transactional(tmp_path: Path) -> None:
+    local = Settings.from_env({}, allowed_protocols=frozenset({"s3", "file"}))
+    dest = Location("file", "", f"{tmp_path}/out.zip")
+    seen: dict[str, list[str]] = {}
+
+    async def go(commit: bool) -> None:
+        sink = await store_for("file", local).open_sink(dest, SinkOptions())
+        await sink.write(b"part one, ")
+        seen["during"] = sorted(os.listdir(tmp_path))
+        await sink.write(b"part two")
+        await (sink.commit() if commit else sink.abort())
+
+    run_sync(go(commit=False))
+    assert not (tmp_path / "out.zip").exists()
+    assert os.listdir(tmp_path) == [], "the temporary file is removed on abort"
+    assert "out.zip" not in seen["during"]
+    run_sync(go(commit=True))
+    assert os.listdir(tmp_path) == ["out.zip"]
+    assert (tmp_path / "out.zip").read_bytes() == b"part one, part two"
+
+
+def test_local_store_reads_and_lists(tmp_path: Path) -> None:
+    local = Settings.from_env({}, allowed_protocols=frozenset({"s3", "file"}))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.bin").write_bytes(b"a" * 200_000)
+    (tmp_path / "d" / "b.bin").write_bytes(b"")
+    store = store_for("file", local)
+
+    async def go() -> tuple[list[ObjectInfo], list[bytes], ObjectInfo | None]:
+        listed = [o async for o in store.list(Location("file", "", f"{tmp_path}/d/"))]
+        chunks = [c async for c in store.read(listed[0], 65536)]
+        return listed, chunks, await store.head(Location("file", "", f"{tmp_path}/d/nope"))
+
+    listed, chunks, missing = run_sync(go())
+    assert [(o.location.path, o.size) for o in listed] == [(f"{tmp_path}/d/a.bin", 200_000), (f"{tmp_path}/d/b.bin", 0)]
+    assert b"".join(chunks) == b"a" * 200_000 and len(chunks) == 4
+    assert missing is None
