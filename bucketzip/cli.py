@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import IO, Any
 
 import click
 
 from .config import Settings
 from .errors import BucketzipError, ConfigError, InvalidJob
+from .registry import TERMINAL
 
 
 def fmt_bytes(n: float) -> str:
@@ -52,7 +54,10 @@ class ProgressPrinter:
 
 
 def load_spec(path: str) -> Any:
-    text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()  # noqa: SIM115
+    try:
+        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()  # noqa: SIM115
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidJob("spec", path, f"cannot be read: {exc.strerror if isinstance(exc, OSError) else exc}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -90,6 +95,252 @@ def run(spec_file: str, quiet: bool) -> None:
     if printer:
         printer.close()
     click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+
+
+# --- the queue: producer commands (no engine, no s3fs loaded) ---
+
+
+def _client() -> Any:
+    from .client import Client
+
+    return Client(Settings.from_env())
+
+
+def _job_line(job: Any) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created)) if job.created else "-"
+    extra = ""
+    if job.error:
+        extra = f"  {job.error.get('type')}: {job.error.get('message')}"
+    elif job.result:
+        extra = f"  {fmt_bytes(job.result.get('size', 0))}, {job.result.get('entries')} entries"
+    return f"{job.id}  {job.state:<9}  {when}  {job.destination or '-'}{extra}"
+
+
+def _follow(client: Any, job_id: str, printer: ProgressPrinter | None, timeout: float | None) -> dict[str, Any]:
+    """Print progress while the job runs, then return its result (or raise its error)."""
+    if printer is None:
+        return dict(client.wait(job_id, timeout))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last = None
+    try:
+        while True:
+            job = client.status(job_id)
+            if job.state in TERMINAL:
+                return dict(client.wait(job_id, 30))
+            if job.progress and job.progress != last:
+                printer(job.progress)
+                last = job.progress
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} did not finish within {timeout}s")
+            time.sleep(WATCH_INTERVAL)
+    finally:
+        printer.close()
+
+
+WATCH_INTERVAL = 0.25  # seconds between reads of a running job's state: about what a person can follow
+
+
+@main.command()
+@click.argument("spec_file", metavar="SPEC.json")
+@click.option("--wait", "wait_", is_flag=True, help="Wait for the job; print its result as JSON.")
+@click.option("--progress", is_flag=True, help="Wait, showing progress on stderr.")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
+def submit(spec_file: str, wait_: bool, progress: bool, timeout: float | None) -> None:
+    """Validate a job and enqueue it; print its id (and, with --wait, its result)."""
+    try:
+        client = _client()
+        handle = client.submit(load_spec(spec_file))
+        click.echo(handle.id)
+        if wait_ or progress:
+            result = _follow(client, handle.id, ProgressPrinter() if progress else None, timeout)
+            click.echo(json.dumps(result, indent=2, default=str))
+    except (BucketzipError, TimeoutError) as exc:
+        fail(exc)
+
+
+@main.command()
+@click.argument("jobs_file", metavar="JOBS.jsonl")
+@click.option("--batch-size", type=int, default=1000, show_default=True, help="Jobs per round trip.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def batch(jobs_file: str, batch_size: int, quiet: bool) -> None:
+    """Enqueue one job per line of a JSON Lines file (- for stdin). Prints "LINE ID" per accepted job on
+    stdout and each invalid line on stderr; exits 1 if any line was invalid."""
+    from .errors import InvalidJob
+
+    stream = sys.stdin if jobs_file == "-" else open(jobs_file, encoding="utf-8")  # noqa: SIM115
+    lines = [(n, line) for n, line in enumerate(stream, 1) if line.strip()]
+    if stream is not sys.stdin:
+        stream.close()
+    try:
+        client = _client()
+    except BucketzipError as exc:
+        fail(exc)
+    invalid: list[tuple[int, str]] = []
+    accepted = 0
+    started = time.monotonic()
+    with click.progressbar(length=len(lines), label="enqueueing", file=sys.stderr, hidden=quiet) as bar:
+        for i in range(0, len(lines), batch_size):
+            chunk = lines[i : i + batch_size]
+            specs, numbers = [], []
+            for n, line in chunk:
+                try:
+                    specs.append(json.loads(line))
+                    numbers.append(n)
+                except json.JSONDecodeError as exc:
+                    invalid.append((n, str(InvalidJob("spec", line.strip()[:80], f"is not valid JSON: {exc}"))))
+            result = client.submit_many(specs, batch_size=batch_size)
+            bad = {pos: exc for pos, exc in result.invalid}
+            good = iter(result.accepted)
+            for pos, n in enumerate(numbers):
+                if pos in bad:
+                    invalid.append((n, str(bad[pos])))
+                else:
+                    click.echo(f"{n} {next(good).id}")
+                    accepted += 1
+            bar.update(len(chunk))
+    elapsed = time.monotonic() - started
+    for n, message in sorted(invalid):
+        click.echo(f"line {n}: {message}", err=True)
+    rate = accepted / elapsed if elapsed > 0 else 0.0
+    click.echo(f"{accepted} accepted, {len(invalid)} invalid, in {elapsed:.2f}s ({rate:.0f} jobs/s)", err=True)
+    sys.exit(1 if invalid else 0)
+
+
+@main.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="The whole record as JSON.")
+def status(job_id: str, as_json: bool) -> None:
+    """Show a job: state, attempt, progress while it runs, result or error."""
+    try:
+        job = _client().status(job_id)
+    except BucketzipError as exc:
+        fail(exc)
+    if as_json:
+        click.echo(json.dumps(job.to_dict(), indent=2, default=str))
+        return
+    click.echo(_job_line(job))
+    click.echo(f"attempt {job.attempt}, runs {job.runs}" + (f", retry of {job.retry_of}" if job.retry_of else ""))
+    if job.retried_by:
+        click.echo(f"retried as {job.retried_by}")
+    if job.progress:
+        click.echo(progress_line(job.progress))
+
+
+@main.command()
+@click.argument("job_ids", metavar="[ID]...", nargs=-1)
+@click.option("--interval", type=float, default=WATCH_INTERVAL, show_default=True, help="Seconds between reads.")
+def watch(job_ids: tuple[str, ...], interval: float) -> None:
+    """Live progress of the given jobs, or of every queued and running job, until they end."""
+    client = _client()
+    tty = sys.stderr.isatty()
+    drawn = 0
+    last: dict[str, str] = {}
+    try:
+        while True:
+            ids = list(job_ids) or [j.id for s in ("running", "queued", "retrying") for j in client.jobs(s, 50)]
+            jobs = []
+            for job_id in ids:
+                try:
+                    jobs.append(client.status(job_id))
+                except BucketzipError as exc:
+                    fail(exc)
+            lines = [
+                f"{j.id[:12]}  {j.state:<9}  " + (progress_line(j.progress) if j.progress else j.destination or "")
+                for j in jobs
+            ]
+            if tty:
+                sys.stderr.write("\x1b[F\x1b[K" * drawn + "".join(line[:200] + "\n" for line in lines))
+                drawn = len(lines)
+            else:
+                for j, line in zip(jobs, lines, strict=True):
+                    if last.get(j.id) != line:
+                        sys.stderr.write(line + "\n")
+                        last[j.id] = line
+            sys.stderr.flush()
+            if all(j.state in TERMINAL for j in jobs):
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@main.command()
+@click.option(
+    "--state", type=click.Choice(["queued", "running", "retrying", "succeeded", "failed", "cancelled", "retried"])
+)
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Records as JSON.")
+def jobs(state: str | None, limit: int, as_json: bool) -> None:
+    """List recorded jobs, newest first."""
+    try:
+        found = _client().jobs(state, limit)
+    except BucketzipError as exc:
+        fail(exc)
+    if as_json:
+        click.echo(json.dumps([j.to_dict() for j in found], indent=2, default=str))
+    else:
+        for job in found:
+            click.echo(_job_line(job))
+
+
+@main.command()
+@click.argument("job_id", metavar="ID", required=False)
+@click.option("--all-failed", is_flag=True, help="Retry every job recorded as failed.")
+def retry(job_id: str | None, all_failed: bool) -> None:
+    """Enqueue a failed job again (a new attempt, linked to it); print the new id."""
+    if bool(job_id) == all_failed:
+        raise click.UsageError("give a job ID or --all-failed (not both)")
+    try:
+        client = _client()
+        handles = client.retry_failed() if all_failed else [client.retry(job_id)]
+    except BucketzipError as exc:
+        fail(exc)
+    for handle in handles:
+        click.echo(handle.id)
+    if all_failed:
+        click.echo(f"{len(handles)} job(s) retried", err=True)
+
+
+@main.command()
+@click.argument("job_id", metavar="ID")
+def cancel(job_id: str) -> None:
+    """Cancel a job: a queued one never runs; a running one stops and aborts its upload."""
+    try:
+        click.echo(_client().cancel(job_id))
+    except BucketzipError as exc:
+        fail(exc)
+
+
+@main.command()
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Records as JSON.")
+def archives(limit: int, as_json: bool) -> None:
+    """List the archives made, newest first."""
+    try:
+        found = _client().archives(limit)
+    except BucketzipError as exc:
+        fail(exc)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    for a in found:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["created"]))
+        click.echo(f"{when}  {a['destination']}  {fmt_bytes(a['size'])}  {a['entries']} entries  {a['etag']}")
+
+
+@main.command()
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait for each service.")
+def check(timeout: float) -> None:
+    """Check that the broker, the result backend, the registry's Redis and S3 answer. Exit 0 when all do."""
+    try:
+        client = _client()
+    except BucketzipError as exc:
+        fail(exc)
+    ok = True
+    for name, error in client.check(timeout):
+        ok &= error is None
+        click.echo(f"{name:<15} {'ok' if error is None else 'FAIL: ' + error}")
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,10 +6,13 @@
     │   └── LimitExceeded       the job is over a configured limit
     ├── SourceMissing           objects the job names do not exist (on_missing=fail)
     ├── SourceChanged           an object changed or vanished while it was being read
+    ├── SourceUnreadable        an object exists but cannot be read (archived in GLACIER, say)
     ├── AccessDenied            credentials may not read a source or write the destination
     ├── UploadFailed            the destination refused the archive
     ├── JobCancelled            somebody cancelled the job while it ran
-    └── TransientError          throttling, 5xx, a dropped connection: worth retrying
+    ├── TransientError          throttling, 5xx, a dropped connection: worth retrying
+    ├── UnknownJob (KeyError)   no job with this id is recorded
+    └── JobStateError           the job is not in a state that allows this (retry a running job...)
 
 Every class keeps its constructor arguments in ``.args`` (and only JSON-friendly ones), so an exception survives
 Celery's JSON result backend and is rebuilt as the same type. Third-party S3 errors are translated into these
@@ -72,6 +75,17 @@ class SourceChanged(BucketzipError):
         return f"{self.url} changed while being archived: {self.reason}"
 
 
+class SourceUnreadable(BucketzipError):
+    """An object exists but cannot be read as it is (an archived GLACIER object not restored, say)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(url, reason)
+        self.url, self.reason = url, reason
+
+    def __str__(self) -> str:
+        return f"cannot read {self.url}: {self.reason}"
+
+
 class AccessDenied(BucketzipError):
     """The credentials may not read a source or write the destination."""
 
@@ -114,6 +128,28 @@ class TransientError(BucketzipError):
 
     def __str__(self) -> str:
         return f"temporary failure on {self.url}: {self.reason}"
+
+
+class UnknownJob(BucketzipError, KeyError):
+    """No job with this id is recorded (never submitted, or past the retention)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return f"no job {self.job_id!r} is recorded"
+
+
+class JobStateError(BucketzipError):
+    """The job is not in a state that allows the operation (retrying a job that has not failed...)."""
+
+    def __init__(self, job_id: str, state: str, reason: str) -> None:
+        super().__init__(job_id, state, reason)
+        self.job_id, self.state, self.reason = job_id, state, reason
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} is {self.state}: {self.reason}"
 
 
 def _jsonable(value: object) -> object:

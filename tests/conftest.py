@@ -96,3 +96,98 @@ def make_bucket(s3: Any) -> Iterator[Callable[[], str]]:
 def redis_url() -> str:
     need(port_open("127.0.0.1", 6379), "Redis at 127.0.0.1:6379")
     return "redis://127.0.0.1:6379/0"
+
+
+# --- the queue (issue 3): settings isolated per test, our Celery app, an embedded worker, a client ---
+
+QUEUE_ENV = {
+    "BUCKETZIP_PROGRESS_INTERVAL": "0.05",
+    "BUCKETZIP_LOCK_TTL": "4",
+    "BUCKETZIP_MAX_RETRIES": "3",
+    "BUCKETZIP_PART_SIZE": "5MiB",
+    "BUCKETZIP_STALE_UPLOAD_AGE": "0",
+}
+
+
+def queue_env(s3_env: dict[str, str], redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
+    """Environment for a producer or worker of one test: its own key prefix and queue in the shared Redis."""
+    return {
+        **s3_env,
+        **QUEUE_ENV,
+        "BUCKETZIP_REDIS_URL": redis_url,
+        "BUCKETZIP_KEY_PREFIX": prefix,
+        "BUCKETZIP_QUEUE": prefix,
+        **extra,
+    }
+
+
+@pytest.fixture
+def queue_prefix(redis_url: str) -> Iterator[str]:
+    """A fresh key prefix (and queue name); every key under it is deleted after the test."""
+    import redis
+
+    prefix = f"bztest-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    for i in range(0, len(keys), 1000):
+        client.delete(*keys[i : i + 1000])
+    client.close()
+
+
+@pytest.fixture
+def queue_settings(s3_env: dict[str, str], redis_url: str, queue_prefix: str) -> Settings:
+    return Settings.from_env(queue_env(s3_env, redis_url, queue_prefix))
+
+
+@pytest.fixture
+def queue_app(queue_settings: Settings) -> Iterator[Any]:
+    import bucketzip.tasks  # noqa: F401  registers the tasks on every app
+    from bucketzip.worker import make_app
+
+    app = make_app(queue_settings)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def worker(queue_app: Any) -> Iterator[Any]:
+    """A real Celery worker on our app, in this process (threads pool, two jobs at a time)."""
+    from celery.contrib.testing.worker import start_worker
+
+    with start_worker(queue_app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="WARNING") as w:
+        yield w
+
+
+@pytest.fixture
+def client(queue_app: Any) -> Iterator[Any]:
+    from bucketzip.client import Client
+
+    c = Client(app=queue_app)
+    yield c
+
+
+@pytest.fixture
+def put(s3: Any) -> Callable[[str, dict[str, bytes]], None]:
+    """Upload ``{key: bytes}`` to a bucket with boto3 (the test's own client, not bucketzip's)."""
+
+    def put(bucket: str, objects: dict[str, bytes]) -> None:
+        for key, data in objects.items():
+            s3.put_object(Bucket=bucket, Key=key, Body=data)
+
+    return put
+
+
+@pytest.fixture(scope="session")
+def big_corpus(s3: Any) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """A bucket of 120 incompressible 256 KiB objects under ``in/`` (30 MiB): a job long enough to be
+    watched, cancelled or killed halfway. Made once per session; jobs write elsewhere."""
+    bucket = f"t-corpus-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=bucket)
+    files = {f"in/{i:03d}.bin": os.urandom(256 * 2**10) for i in range(120)}
+    for key, data in files.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=data)
+    yield bucket, files
+    for key in files:
+        s3.delete_object(Bucket=bucket, Key=key)
+    s3.delete_bucket(Bucket=bucket)

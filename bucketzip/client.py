@@ -1,0 +1,357 @@
+"""The producer API: submit jobs, follow them, retry and cancel them, list jobs and archives.
+
+::
+
+    import bucketzip
+
+    job = bucketzip.submit({"sources": ["s3://photos/2024/"], "destination": "s3://exports/2024.zip"})
+    job.status().progress      # {"files_done": ..., "bytes_done": ..., "rate": ..., "eta": ...}
+    result = job.wait(timeout=600)
+
+A spec is validated here, before anything is queued (``InvalidJob`` names the field). The message is sent by
+task name, so a producer loads Celery, kombu and redis but never s3fs or the ZIP writer. ``submit_many``
+sends a whole batch over one broker connection and records it in Redis with one pipelined round trip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery.exceptions import TaskRevokedError
+from celery.exceptions import TimeoutError as CeleryTimeout
+
+from .config import Settings
+from .errors import InvalidJob, JobCancelled, JobStateError, UnknownJob
+from .registry import CANCELLED, FAILED, QUEUED, RETRYING, RUNNING, TERMINAL, Job, Registry
+from .spec import JobSpec
+from .worker import TASK_NAME, BucketzipCelery, make_app
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 1_000  # specs per round trip in submit_many: bounds the pipeline and the memory it holds
+_CELERY_STATES = {"PENDING": QUEUED, "STARTED": RUNNING, "PROGRESS": RUNNING, "RETRY": RETRYING}
+
+
+@dataclass(frozen=True)
+class JobHandle:
+    """A submitted job: its id, and shortcuts to the client calls about it."""
+
+    id: str
+    client: Client = field(repr=False, compare=False)
+
+    def status(self) -> Job:
+        return self.client.status(self.id)
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        return self.client.wait(self.id, timeout)
+
+    def cancel(self) -> str:
+        return self.client.cancel(self.id)
+
+
+@dataclass
+class Batch:
+    """What ``submit_many`` did: the jobs accepted (in order) and the invalid specs by position."""
+
+    accepted: list[JobHandle] = field(default_factory=list)
+    invalid: list[tuple[int, InvalidJob]] = field(default_factory=list)
+
+
+class Client:
+    """Talks to the broker, the result backend and the registry. Thread-safe; make one per process."""
+
+    def __init__(self, settings: Settings | None = None, app: BucketzipCelery | None = None) -> None:
+        self.settings = settings or (app.settings if app is not None else Settings.from_env())
+        self.app = app or make_app(self.settings)
+        self.registry = Registry(self.settings)
+
+    # --- submitting ---
+
+    def submit(self, spec: Mapping[str, Any] | JobSpec) -> JobHandle:
+        """Validate ``spec`` and enqueue it. Raises ``InvalidJob`` (nothing queued) if the spec is wrong.
+        A spec whose ``job_id`` is already recorded is not queued again: its handle is returned."""
+        item = self._prepare(spec)
+        return self._enqueue([item])[0]
+
+    def submit_many(self, specs: Iterable[Mapping[str, Any] | JobSpec], batch_size: int = BATCH_SIZE) -> Batch:
+        """Validate and enqueue many specs: one Redis round trip and one broker connection per batch of
+        ``batch_size``. Invalid specs are reported by position (from 0) and not queued."""
+        batch = Batch()
+        for start, chunk in _chunks(specs, batch_size):
+            items = []
+            for i, spec in enumerate(chunk, start):
+                try:
+                    items.append(self._prepare(spec))
+                except InvalidJob as exc:
+                    batch.invalid.append((i, exc))
+            batch.accepted.extend(self._enqueue(items))
+        return batch
+
+    def _prepare(self, spec: Mapping[str, Any] | JobSpec) -> tuple[str, dict[str, Any], str]:
+        parsed = spec if isinstance(spec, JobSpec) else JobSpec.from_dict(spec, self.settings)
+        job_id = parsed.job_id or uuid.uuid4().hex
+        return job_id, parsed.to_dict(), parsed.destination.url
+
+    def _enqueue(self, items: list[tuple[str, dict[str, Any], str]], retry_of: Job | None = None) -> list[JobHandle]:
+        named = [job_id for job_id, spec, _ in items if spec.get("job_id") == job_id]
+        taken = {job_id for job_id, free in zip(named, self.registry.claim(named), strict=True) if not free}
+        fresh, seen = [], set(taken)
+        for item in items:
+            if item[0] not in seen:
+                fresh.append(item)
+                seen.add(item[0])
+        self.registry.queued(fresh, retry_of)
+        try:
+            self._publish(fresh)
+        except BaseException:
+            self.registry.unclaim([job_id for job_id, _, _ in fresh])
+            raise
+        return [JobHandle(job_id, self) for job_id, _, _ in items]
+
+    def _publish(self, items: list[tuple[str, dict[str, Any], str]]) -> None:
+        """Send the task messages over one connection, pipelined into one round trip on Redis (kombu's
+        ``Producer.batch``, 5.7+). This is what ``send_task`` does, minus its per-message subscription to the
+        result (a Redis SUBSCRIBE per job): ``wait`` subscribes when asked."""
+        if not items:
+            return
+        amqp = self.app.amqp
+        conf = self.app.conf
+        options = amqp.router.route({}, TASK_NAME, (), {}, None)
+        with self.app.producer_or_acquire() as producer, _batch(producer, len(items)):
+            for job_id, spec, _ in items:
+                message = amqp.create_task_message(
+                    job_id,
+                    TASK_NAME,
+                    [spec],
+                    {},
+                    create_sent_event=conf.task_send_sent_event,
+                    root_id=job_id,
+                    argsrepr=repr([spec["destination"]]),
+                )
+                amqp.send_task_message(producer, TASK_NAME, message, **options)
+
+    # --- following ---
+
+    def status(self, job_id: str) -> Job:
+        """The job as recorded, with its live progress while it runs. Raises ``UnknownJob``."""
+        job = self.registry.get(job_id)
+        meta = self.app.backend.get_task_meta(job_id)
+        celery_state = meta.get("status", "PENDING")
+        if job is None:
+            if celery_state == "PENDING":
+                raise UnknownJob(job_id)
+            job = Job(id=job_id, state=_CELERY_STATES.get(celery_state, celery_state.lower()))
+        if celery_state == "PROGRESS" and job.state not in TERMINAL:
+            job.progress = meta.get("result")
+        elif celery_state == "FAILURE" and job.state == RUNNING and not self.registry.is_running(job_id):
+            # The run ended without recording it (a hard time limit killed the process): trust Celery.
+            exc = meta.get("result")
+            job.state = FAILED
+            job.error = {"type": type(exc).__name__, "message": str(exc), "args": list(getattr(exc, "args", []))}
+        return job
+
+    def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the job ends; return its result dict, or raise its error (rebuilt as the same
+        bucketzip exception type), ``JobCancelled``, or ``TimeoutError``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        result = self.app.AsyncResult(job_id)
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"job {job_id} did not finish within {timeout}s")
+            try:
+                value: dict[str, Any] = result.get(
+                    timeout=1.0 if left is None else min(1.0, left), disable_sync_subtasks=False
+                )
+                return value
+            except CeleryTimeout:
+                # A job cancelled while queued may never reach a worker to record it in the backend.
+                job = self.registry.get(job_id)
+                if job is not None and job.state == CANCELLED:
+                    raise JobCancelled(job_id) from None
+            except TaskRevokedError:
+                raise JobCancelled(job_id) from None
+
+    # --- acting ---
+
+    def retry(self, job_id: str) -> JobHandle:
+        """Enqueue a failed or cancelled job again, with its recorded spec, as a new job (a new attempt,
+        linked both ways: ``retry_of`` and ``retried_by``). Raises ``UnknownJob`` or ``JobStateError``."""
+        job = self.registry.get(job_id)
+        if job is None:
+            raise UnknownJob(job_id)
+        if job.state not in (FAILED, CANCELLED):
+            raise JobStateError(job_id, job.state, "only a failed or cancelled job can be retried")
+        new_id = uuid.uuid4().hex
+        if not self.registry.claim_retry(job_id, new_id):
+            raise JobStateError(job_id, "retried", "it was already retried")
+        parsed = JobSpec.from_dict(job.spec, self.settings)  # the rules may have changed since
+        handle = self._enqueue([(new_id, parsed.to_dict(), parsed.destination.url)], retry_of=job)[0]
+        self.registry.mark_retried(job, new_id)
+        return handle
+
+    def retry_failed(self, limit: int = 10_000) -> list[JobHandle]:
+        """Retry every job recorded as failed (newest first, at most ``limit``)."""
+        handles = []
+        for job in self.registry.jobs(FAILED, limit):
+            try:
+                handles.append(self.retry(job.id))
+            except JobStateError:
+                continue  # retried concurrently by someone else
+        return handles
+
+    def cancel(self, job_id: str) -> str:
+        """Cancel a job: a queued one never runs; a running one stops and aborts its upload. Returns the
+        state: ``cancelled``, ``cancelling`` (a worker will stop it shortly), or the state it had already
+        ended in."""
+        job = self.registry.get(job_id)
+        if job is None:
+            raise UnknownJob(job_id)
+        if job.state in TERMINAL:
+            return job.state
+        self.registry.request_cancel(job_id)
+        try:
+            # Drops the message if a worker holds it unstarted; the flag covers workers that start later.
+            self.app.control.revoke(job_id)
+        except Exception as exc:  # the transport may not broadcast (the embedded SQLite one)
+            log.debug("revoke %s: %s", job_id, exc)
+        if job.state in (QUEUED, RETRYING):
+            self.registry.failed(job_id, JobCancelled(job_id), CANCELLED)
+            return CANCELLED
+        return "cancelling"
+
+    # --- listing ---
+
+    def jobs(self, state: str | None = None, limit: int = 100) -> list[Job]:
+        """Recorded jobs, newest first; only those in ``state`` (queued, running, retrying, succeeded,
+        failed, cancelled, retried) if given."""
+        return self.registry.jobs(state, limit)
+
+    def archives(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The archive catalog, newest first: destination, size, etag, version_id, entries, storage_class,
+        created (Unix time) and the job id."""
+        return self.registry.archives(limit)
+
+    def check(self, timeout: float = 5.0) -> list[tuple[str, str | None]]:
+        """Whether each service answers: ``[(name, None or the error), ...]`` for the broker, the result
+        backend, the registry's Redis and S3 (the only check that loads s3fs)."""
+        return [
+            (
+                "broker",
+                _probe(lambda: self.app.connection_for_write().ensure_connection(max_retries=1, timeout=timeout)),
+            ),
+            ("result backend", _probe(lambda: self.app.backend.get_task_meta(f"bucketzip-check-{uuid.uuid4().hex}"))),
+            ("registry", _probe(lambda: Registry(self.settings).redis.ping())),
+            ("s3", _probe(lambda: _probe_s3(self.settings))),
+        ]
+
+    def close(self) -> None:
+        self.app.close()
+
+
+def _batch(producer: Any, size: int) -> contextlib.AbstractContextManager[Any]:
+    """kombu's publish batch where it exists (Redis pipelines it; other transports publish at once)."""
+    batch = getattr(producer, "batch", None)
+    return batch(max_size=max(1, size)) if batch is not None else contextlib.nullcontext()
+
+
+def _probe(action: Any) -> str | None:
+    try:
+        action()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _probe_s3(settings: Settings) -> None:
+    from .engine import run_sync
+    from .storage import error_code, store_for
+
+    async def probe() -> None:
+        s3 = await store_for("s3", settings).client()  # type: ignore[attr-defined]
+        try:
+            if settings.sweep_buckets:
+                for bucket in sorted(settings.sweep_buckets):
+                    await s3.head_bucket(Bucket=bucket)
+            else:
+                await s3.list_buckets()
+        except Exception as exc:
+            # Denied still means the endpoint answered and the credentials were understood.
+            if error_code(exc) not in ("AccessDenied", "403"):
+                raise
+
+    run_sync(probe())
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[tuple[int, list[Any]]]:
+    chunk: list[Any] = []
+    start = 0
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield start, chunk
+            start += size
+            chunk = []
+    if chunk:
+        yield start, chunk
+
+
+# --- module-level shortcuts on a default client made from the environment ---
+
+_default: Client | None = None
+_default_lock = threading.Lock()
+
+
+def default_client() -> Client:
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Client()
+        return _default
+
+
+def submit(spec: Mapping[str, Any] | JobSpec) -> JobHandle:
+    """Validate ``spec`` and enqueue it on the default client; see ``Client.submit``."""
+    return default_client().submit(spec)
+
+
+def submit_many(specs: Iterable[Mapping[str, Any] | JobSpec]) -> Batch:
+    """Validate and enqueue many specs in batches; see ``Client.submit_many``."""
+    return default_client().submit_many(specs)
+
+
+def status(job_id: str) -> Job:
+    """The recorded job with its live progress; see ``Client.status``."""
+    return default_client().status(job_id)
+
+
+def wait(job_id: str, timeout: float | None = None) -> dict[str, Any]:
+    """Block until the job ends and return its result; see ``Client.wait``."""
+    return default_client().wait(job_id, timeout)
+
+
+def retry(job_id: str) -> JobHandle:
+    """Enqueue a failed job again as a new attempt; see ``Client.retry``."""
+    return default_client().retry(job_id)
+
+
+def cancel(job_id: str) -> str:
+    """Cancel a queued or running job; see ``Client.cancel``."""
+    return default_client().cancel(job_id)
+
+
+def jobs(state: str | None = None, limit: int = 100) -> list[Job]:
+    """Recorded jobs, newest first; see ``Client.jobs``."""
+    return default_client().jobs(state, limit)
+
+
+def archives(limit: int = 100) -> list[dict[str, Any]]:
+    """The archive catalog, newest first; see ``Client.archives``."""
+    return default_client().archives(limit)

@@ -1,0 +1,213 @@
+"""The Celery app: its configuration, a real worker process started with Celery's own CLI (killed with SIGKILL
+halfway through a job, and stopped by a time limit), and RabbitMQ as the broker."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import bucketzip.worker
+from bucketzip.client import Client
+from bucketzip.config import Settings
+from bucketzip.devserver import port_open
+from bucketzip.registry import FAILED, SUCCEEDED, TERMINAL, Registry
+from bucketzip.tasks import sweep_uploads
+from bucketzip.worker import SWEEP_TASK_NAME, TASK_NAME, make_app
+from tests.conftest import need, queue_env
+from tests.helpers import fetch_archive, keys, open_uploads
+from tests.test_tasks import corpus_spec, wait_until
+
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def test_app_configuration() -> None:
+    settings = Settings(job_time_limit=100, job_soft_time_limit=90, visibility_timeout=200, queue="q", max_retries=7)
+    app = make_app(settings)
+    conf = app.conf
+    assert conf.accept_content == ["json"] and conf.result_accept_content == ["json"]
+    assert conf.task_serializer == conf.result_serializer == "json"
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
+    assert conf.broker_transport_options["visibility_timeout"] == 200
+    assert conf.broker_transport_options["global_keyprefix"] == "bucketzip:"
+    assert (conf.task_time_limit, conf.task_soft_time_limit) == (100, 90)
+    assert conf.task_default_queue == "q" and conf.worker_send_task_events
+    assert conf.beat_schedule["bucketzip-sweep"]["task"] == SWEEP_TASK_NAME
+    import bucketzip.tasks
+
+    task = app.tasks[TASK_NAME]
+    assert task.max_retries == 7 and task.acks_late and task.autoretry_for == (bucketzip.errors.TransientError,)
+    assert SWEEP_TASK_NAME in app.tasks
+    app.close()
+
+
+def test_visibility_timeout_must_outlast_the_longest_job() -> None:
+    with pytest.raises(bucketzip.errors.ConfigError, match="VISIBILITY_TIMEOUT"):
+        Settings.from_env({"BUCKETZIP_JOB_TIME_LIMIT": "3600", "BUCKETZIP_VISIBILITY_TIMEOUT": "600"})
+
+
+def test_embedded_broker_settings() -> None:
+    app = make_app(Settings(broker_url="sqla+sqlite:///x.db", result_backend="db+sqlite:///y.db"))
+    assert not app.conf.worker_send_task_events and not app.conf.worker_enable_remote_control
+    assert app.conf.broker_transport_options == {}
+    app.close()
+
+
+def test_celery_finds_the_app_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUCKETZIP_QUEUE", "from-env")
+    monkeypatch.setattr(bucketzip.worker, "_app", None)
+    from celery.app.utils import find_app
+
+    app = find_app("bucketzip.worker")
+    assert app is bucketzip.worker.app and app.conf.task_default_queue == "from-env"
+    with pytest.raises(AttributeError):
+        bucketzip.worker.nothing  # noqa: B018
+    monkeypatch.setattr(bucketzip.worker, "_app", None)
+
+
+@contextlib.contextmanager
+def worker_process(env: dict[str, str], name: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``celery -A bucketzip.worker worker --pool=prefork -c 1``, as an operator would start it."""
+    cmd = [sys.executable, "-m", "celery", "-A", "bucketzip.worker", "worker", "--pool=prefork", "-c", "1"]
+    cmd += ["-n", f"{name}@%h", "--loglevel=INFO", "--without-mingle", "--without-gossip"]
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_worker_process_killed_halfway_leaves_one_archive_and_no_upload(
+    s3: Any, make_bucket: Any, big_corpus: Any, s3_env: dict[str, str], redis_url: str, queue_prefix: str
+) -> None:
+    bucket, files = big_corpus
+    out = make_bucket()
+    s3.put_bucket_versioning(Bucket=out, VersioningConfiguration={"Status": "Enabled"})
+    env = queue_env(s3_env, redis_url, queue_prefix)
+    settings = Settings.from_env(env)
+    client = Client(settings)
+    with worker_process(env, f"crash-{queue_prefix}"):
+        handle = client.submit(corpus_spec(bucket, out, compression="store"))
+        job = wait_until(lambda: (j := client.status(handle.id)).upload_id and j, "the first run's upload", 120)
+        first_upload = job.upload_id
+        child = int(job.worker.rsplit(":", 1)[1])
+        os.kill(child, signal.SIGKILL)  # the pool process running the job, as the OOM killer would
+        result = handle.wait(180)
+
+    job = client.status(handle.id)
+    assert job.state == SUCCEEDED and job.runs == 2  # redelivered, and run to the end once
+    assert job.upload_id != first_upload
+    versions = s3.list_object_versions(Bucket=out).get("Versions", [])
+    assert len(versions) == 1  # published exactly once
+    assert [a["job_id"] for a in client.archives()] == [handle.id]
+    fetch_archive(s3, out, "out.zip", {k.removeprefix("in/"): v for k, v in files.items()})
+    assert result["entries"] == len(files)
+
+    # The killed run's upload is still open, billing; the sweep (as beat runs it) aborts it.
+    assert [u["UploadId"] for u in open_uploads(s3, out)] == [first_upload]
+    report = sweep_uploads(settings, Registry(settings))
+    assert report["aborted"] == [f"s3://{out}/out.zip"]
+    assert open_uploads(s3, out) == []
+    for v in versions:
+        s3.delete_object(Bucket=out, Key="out.zip", VersionId=v["VersionId"])
+    client.close()
+
+
+def test_the_soft_time_limit_aborts_the_upload(
+    s3: Any, make_bucket: Any, big_corpus: Any, s3_env: dict[str, str], redis_url: str, queue_prefix: str
+) -> None:
+    bucket, _ = big_corpus
+    out = make_bucket()
+    env = queue_env(
+        s3_env,
+        redis_url,
+        queue_prefix,
+        BUCKETZIP_JOB_SOFT_TIME_LIMIT="1",
+        BUCKETZIP_JOB_TIME_LIMIT="60",
+        BUCKETZIP_READ_CONCURRENCY="1",
+    )
+    client = Client(Settings.from_env(env))
+    with worker_process(env, f"limit-{queue_prefix}"):
+        # Level 9 DEFLATE of incompressible data: long enough to outlast a one-second limit.
+        handle = client.submit(corpus_spec(bucket, out, compression="deflate", compression_level=9))
+        with pytest.raises(Exception) as caught:
+            handle.wait(120)
+    assert type(caught.value).__name__ == "SoftTimeLimitExceeded"
+    job = client.status(handle.id)
+    assert job.state == FAILED and job.error["type"] == "SoftTimeLimitExceeded"
+    assert keys(s3, out) == [] and open_uploads(s3, out) == []
+    client.close()
+
+
+def test_happy_path_with_rabbitmq_as_the_broker(
+    s3: Any, make_bucket: Any, big_corpus: Any, queue_settings: Settings
+) -> None:
+    need(port_open("127.0.0.1", 5672), "RabbitMQ at 127.0.0.1:5672")
+    from celery.contrib.testing.worker import start_worker
+
+    import bucketzip.tasks  # noqa: F401
+
+    settings = queue_settings.replace(broker_url=RABBITMQ_URL, queue=f"bucketzip-test-{uuid.uuid4().hex[:8]}")
+    app = make_app(settings)
+    assert app.connection_for_write().transport_cls == "amqp"
+    bucket, files = big_corpus
+    out = make_bucket()
+    client = Client(app=app)
+    try:
+        # Closing an AMQP consumer waits out its drain timeout: give the shutdown more than the default 10s.
+        embedded = start_worker(
+            app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="WARNING", shutdown_timeout=60
+        )
+        with embedded:
+            batch = client.submit_many([corpus_spec(bucket, out, "big.zip"), corpus_spec(bucket, out, "again.zip")])
+            readings: list[dict[str, Any]] = []
+
+            def finished() -> bool:
+                job = client.status(batch.accepted[0].id)
+                if job.progress and job.progress not in readings:
+                    readings.append(job.progress)
+                return job.state in TERMINAL
+
+            wait_until(finished, "the first job to end", 120)
+            results = [h.wait(120) for h in batch.accepted]
+        assert len(readings) >= 2
+        assert [r["entries"] for r in results] == [len(files)] * 2
+        expected = {k.removeprefix("in/"): v for k, v in files.items()}
+        fetch_archive(s3, out, "big.zip", expected)
+        fetch_archive(s3, out, "again.zip", expected)
+        assert len(client.archives()) == 2
+    finally:
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(settings.queue)
+        app.close()
+
+
+def test_the_demo_runs_on_the_embedded_broker(s3_env: dict[str, str]) -> None:
+    """README's first command, as on a fresh machine: SQLite broker and backend, fakeredis registry."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUCKETZIP_", "AWS_"))}
+    env["BUCKETZIP_DEMO_EMBEDDED"] = "1"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run(
+        [sys.executable, os.path.join(root, "examples", "demo.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=root,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "broker and result backend: embedded" in r.stderr and "registry: fakeredis" in r.stderr
+    assert "with zipfile: 48 entries, every byte and CRC matches" in r.stderr
+    assert "files" in r.stderr  # at least one progress line
