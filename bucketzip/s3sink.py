@@ -150,7 +150,10 @@ class S3Sink:
                 MultipartUpload={"Parts": parts},
             )
         self._closed = True
-        return Published(self._size, r.get("ETag"), r.get("VersionId"), max(1, len(self._parts)))
+        version = r.get("VersionId")
+        if version == "null":  # how some stores say "this bucket is not versioned"
+            version = None
+        return Published(self._size, r.get("ETag"), version, max(1, len(self._parts)))
 
     async def abort(self) -> None:
         """Let part uploads in flight finish, then abort the upload: no object, no parts left behind."""

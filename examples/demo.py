@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -125,18 +126,21 @@ def upload_corpus(settings: Settings) -> dict[str, bytes]:
 def worker(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     cmd = [sys.executable, "-m", "celery", "-A", "bucketzip.worker", "worker", "--pool=prefork", "-c", "1"]
     cmd += ["--loglevel=WARNING", "-n", f"demo-{os.getpid()}@%h", "--without-mingle", "--without-gossip"]
-    say("worker: " + " ".join(["celery", *cmd[3:]]))
-    proc = subprocess.Popen(cmd, env=env)
-    try:
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
+    log_path = Path(".bucketzip/demo-worker.log")
+    log_path.parent.mkdir(exist_ok=True)
+    say("worker: " + " ".join(["celery", *cmd[3:]]) + f"  (its log: {log_path})")
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        say("worker stopped")
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            say("worker stopped")
 
 
 def verify(settings: Settings, key: str, files: dict[str, bytes]) -> None:
@@ -153,7 +157,7 @@ def verify(settings: Settings, key: str, files: dict[str, bytes]) -> None:
 def main() -> int:
     embedded = os.environ.get("BUCKETZIP_DEMO_EMBEDDED") == "1"  # act as on a fresh machine (the test does)
     with s3_endpoint() as s3_env, queue_services(embedded) as queue_env:
-        env = {**os.environ, **s3_env, **queue_env, "BUCKETZIP_PROGRESS_INTERVAL": "0.2"}
+        env = {**os.environ, **s3_env, **queue_env, "BUCKETZIP_PROGRESS_INTERVAL": "0.1"}
         os.environ.update(env)
         settings = Settings.from_env()
         files = upload_corpus(settings)
@@ -168,9 +172,10 @@ def main() -> int:
                 if job.progress and job.progress != last:
                     printer(job.progress)
                     last = job.progress
-                time.sleep(0.1)
+                time.sleep(0.05)
             printer.close()
             result = client.wait(handle.id, 60)
+        print(json.dumps(result, indent=2))
         print(
             f"archive: {result['destination']}  {result['size'] / 2**20:.1f} MiB  {result['entries']} entries  "
             f"{result['parts']} part(s)  ETag {result['etag']}  in {result['duration']:.2f}s"

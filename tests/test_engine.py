@@ -506,3 +506,20 @@ def test_interrupt_of_the_waiting_thread_aborts(
         run_job(job(src, dest), settings.replace(**SLOW), on_progress)
     assert state["signalled"] < 20 * MiB
     nothing_written(s3, dest)
+
+
+@pytest.mark.parametrize("size", [100_000, 12 * MiB], ids=["single-put", "multipart"])
+def test_version_id_is_the_archives_version(
+    make_bucket: Callable[[], str], put: Put, s3: Any, settings: Settings, size: int
+) -> None:
+    src, dst, plain = make_bucket(), make_bucket(), make_bucket()
+    put(src, {"blob.bin": random.Random(size).randbytes(size)})
+    s3.put_bucket_versioning(Bucket=dst, VersioningConfiguration={"Status": "Enabled"})
+    tuned = settings.replace(part_size=MIN_PART_SIZE)
+    versioned = run_job({"sources": [f"s3://{src}/blob.bin"], "destination": f"s3://{dst}/a.zip"}, tuned)
+    assert versioned.version_id and versioned.version_id != "null"
+    assert versioned.version_id == s3.head_object(Bucket=dst, Key="a.zip")["VersionId"]
+    assert (versioned.parts > 1) == (size > MIN_PART_SIZE)
+    # An unversioned bucket has no version to report (some stores answer the string "null").
+    unversioned = run_job({"sources": [f"s3://{src}/blob.bin"], "destination": f"s3://{plain}/a.zip"}, tuned)
+    assert unversioned.version_id is None
