@@ -5,19 +5,9 @@ The producer API (``submit``, ``submit_many``, ``status``, ``wait``, ``retry``, 
 or the ZIP writer.
 """
 
-from .client import (
-    Batch,
-    Client,
-    JobHandle,
-    archives,
-    cancel,
-    jobs,
-    retry,
-    status,
-    submit,
-    submit_many,
-    wait,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .config import Settings
 from .errors import (
     AccessDenied,
@@ -34,10 +24,49 @@ from .errors import (
     UnknownJob,
     UploadFailed,
 )
-from .registry import Job
 from .spec import JobSpec
 
+if TYPE_CHECKING:
+    from .client import Batch, Client, JobHandle, archives, cancel, jobs, retry, status, submit, submit_many, wait
+    from .registry import Job
+
 __version__ = "0.1.0"
+
+# The producer API loads Celery, kombu and redis: only when first used, so that `bucketzip run`, the engine and
+# a plain `import bucketzip` stay light (PEP 562 module __getattr__).
+_LAZY = {
+    **dict.fromkeys(
+        [
+            "Batch",
+            "Client",
+            "JobHandle",
+            "archives",
+            "cancel",
+            "jobs",
+            "retry",
+            "status",
+            "submit",
+            "submit_many",
+            "wait",
+        ],
+        "client",
+    ),
+    "Job": "registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AccessDenied",

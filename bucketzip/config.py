@@ -74,11 +74,14 @@ class Settings:
     max_presign_expires: int = field(default=7 * 24 * 3600, metadata={"parse": int})  # SigV4's limit
 
     # --- throughput and memory (the bounded pipeline; see engine.py) ---
-    read_concurrency: int = field(default=16, metadata={"parse": int})
+    read_concurrency: int = field(default=8, metadata={"parse": int})
     upload_concurrency: int = field(default=3, metadata={"parse": int})
-    read_buffer: int = field(default=16 * MiB, metadata={"parse": _size})
+    read_buffer: int = field(default=8 * MiB, metadata={"parse": _size})
     chunk_size: int = field(default=512 * 2**10, metadata={"parse": _size})
     progress_interval: float = field(default=0.5, metadata={"parse": float})  # seconds between reports
+    # glibc's malloc arenas for this process (0: leave glibc's default of 8 per core). One arena keeps the
+    # threads' churn of chunk and part buffers from fragmenting several heaps: see engine.tune_allocator.
+    malloc_arena_max: int = field(default=1, metadata={"parse": int})
 
     # --- the queue (issue: Celery workers) ---
     broker_url: str | None = field(default=None, metadata={"parse": str})

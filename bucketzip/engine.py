@@ -185,15 +185,22 @@ async def _pipeline(
         async with Prefetcher(entries, read, settings.read_buffer, settings.read_concurrency) as ahead:
             for i, entry in enumerate(entries):
                 tracker.current = entry.name
+                begin = (entry.name, entry.obj.modified, spec.compression, entry.obj.size)
                 started = False
                 try:
-                    async for chunk in ahead.chunks(i):
-                        if not started:
-                            await stage.begin(entry.name, entry.obj.modified, spec.compression, entry.obj.size)
-                            started = True
-                        await stage.write(chunk)
-                        tracker.bytes_done += len(chunk)
-                        tracker.report()
+                    if entry.obj.size <= settings.chunk_size:  # one chunk (or none): one hand-over, not three
+                        data = b"".join([c async for c in ahead.chunks(i)])
+                        await stage.entry(*begin, data)
+                        tracker.bytes_done += len(data)
+                    else:
+                        async for chunk in ahead.chunks(i):
+                            if not started:
+                                await stage.begin(*begin)
+                                started = True
+                            await stage.write(chunk)
+                            tracker.bytes_done += len(chunk)
+                            tracker.report()
+                        await stage.end()
                 except SourceMissing:
                     # Deleted after it was listed. Under on_missing=skip, and if none of it is written yet,
                     # leave it out; otherwise the job fails (and the sink is aborted).
@@ -201,9 +208,6 @@ async def _pipeline(
                         skipped.append({"url": entry.obj.location.url, "reason": "deleted while the job ran"})
                         continue
                     raise
-                if not started:
-                    await stage.begin(entry.name, entry.obj.modified, spec.compression, entry.obj.size)
-                await stage.end()
                 written.append(entry)
                 tracker.files_done += 1
                 tracker.report()
@@ -216,22 +220,27 @@ async def _pipeline(
 # --- running a job from synchronous code (the CLI, the Celery task) ---
 
 _loop_lock = threading.Lock()
-M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter number
+M_ARENA_MAX = -8  # glibc's mallopt() parameter number
 _tuned = False
 
 
-def tune_allocator(threshold: int = 256 * 2**10) -> bool:
-    """Serve buffers of ``threshold`` bytes and more straight from mmap, and return them on free.
+def tune_allocator(arena_max: int) -> bool:
+    """Limit glibc's malloc to ``arena_max`` arenas for this process (once; 0 leaves glibc's default).
 
-    glibc otherwise raises its mmap threshold after the first large free, so our churn of ~1 MiB chunks and
-    8 MiB parts lands in per-thread arenas that fragment: measured here, peak RSS fell from 239 to 184 MiB on a
-    500 MB job, at no cost in speed. A no-op (False) where the C library is not glibc.
+    By default each thread that allocates gets its own arena (up to 8 per core), and our loop, ZIP and upload
+    threads churn ~0.5 MiB chunks and 8 MiB parts through them, fragmenting each. Measured on a 500 MB job
+    against moto: peak RSS 182 MiB with the default, 171 MiB with one arena, and no slower. (Serving large
+    blocks straight from mmap instead, via M_MMAP_THRESHOLD, gave 155 MiB but cost 1 s of page faults.)
+    A no-op (False) where the C library is not glibc.
     """
+    global _tuned
+    if _tuned or arena_max <= 0:
+        return False
+    _tuned = True
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
+        return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, arena_max))
     except (OSError, AttributeError):
         return False
 
@@ -241,10 +250,6 @@ def _loop() -> asyncio.AbstractEventLoop:
     import fsspec.asyn
 
     with _loop_lock:
-        global _tuned
-        if not _tuned:
-            _tuned = True
-            tune_allocator()
         return fsspec.asyn.get_loop()
 
 
@@ -290,4 +295,5 @@ def run_job(
     settings = settings or Settings.from_env()
     if not isinstance(spec, JobSpec):
         spec = JobSpec.from_dict(spec, settings)
+    tune_allocator(settings.malloc_arena_max)
     return run_sync(build_archive(spec, settings, on_progress, on_upload=on_upload))

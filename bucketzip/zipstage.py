@@ -28,7 +28,7 @@ class ZipStage:
         writer: ZipWriter,
         emit: Callable[[bytes], Coroutine[Any, Any, None]],
         block: int,
-        depth: int = 8,
+        depth: int = 16,
     ) -> None:
         self._writer = writer
         self._emit = emit
@@ -37,6 +37,7 @@ class ZipStage:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._depth = depth
         self._room = asyncio.Semaphore(depth)
+        self._freed = 0  # room taken back from the queue but not yet handed to the loop (thread's side)
         self._out: list[bytes | memoryview] = []
         self._held = 0
         self._error: BaseException | None = None
@@ -65,6 +66,10 @@ class ZipStage:
     async def end(self) -> None:
         await self._put(("end",))
 
+    async def entry(self, name: str, modified: datetime, method: Method, size: int | None, data: bytes) -> None:
+        """A whole small entry as one item: begin, write and end cost one hand-over, not three."""
+        await self._put(("entry", name, modified, method, size, data))
+
     async def finish(self) -> None:
         """Write the central directory, flush everything to the sink, and wait for the thread."""
         await self._put(("finish",))
@@ -86,11 +91,15 @@ class ZipStage:
                 item = self._queue.get()
                 if item is _STOP:
                     return
-                self._loop.call_soon_threadsafe(self._room.release)
+                self._free(1)
                 if self._stopping:
                     continue
                 kind, *args = item
-                if kind == "begin":
+                if kind == "entry":
+                    self._gather(self._writer.begin(*args[:4]))
+                    self._gather(self._writer.write(args[4]))
+                    self._gather(self._writer.end())
+                elif kind == "begin":
                     self._gather(self._writer.begin(*args))
                 elif kind == "write":
                     self._gather(self._writer.write(args[0]))
@@ -104,6 +113,17 @@ class ZipStage:
             self._error = exc
         finally:
             self._loop.call_soon_threadsafe(self._stopped)
+
+    def _free(self, n: int) -> None:
+        """Give back queue room in batches: each hand-back wakes the loop, which costs more than the item."""
+        self._freed += n
+        if self._freed >= self._depth // 2 or self._queue.empty():
+            self._loop.call_soon_threadsafe(self._release, self._freed)
+            self._freed = 0
+
+    def _release(self, n: int) -> None:  # on the loop
+        for _ in range(n):
+            self._room.release()
 
     def _stopped(self) -> None:  # on the loop: wake whoever waits for room, so they see the error
         self._done.set()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import types
 
 import bucketzip
@@ -11,9 +13,20 @@ def test_all_exports_are_listed() -> None:
     public = {
         name
         for name, value in vars(bucketzip).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        if not name.startswith("_") and not isinstance(value, types.ModuleType) and name not in ("TYPE_CHECKING", "Any")
     }
-    assert public == set(bucketzip.__all__) - {"__version__"}
+    assert public | set(bucketzip._LAZY) == set(bucketzip.__all__) - {"__version__"}
+
+
+def test_import_does_not_load_the_queue() -> None:
+    # The engine and `bucketzip run` never need Celery: the producer API loads it on first use.
+    code = (
+        "import sys, bucketzip, bucketzip.engine, bucketzip.cli\n"
+        "assert 'celery' not in sys.modules and 'kombu' not in sys.modules, 'queue loaded'\n"
+        "bucketzip.submit\n"
+        "assert 'celery' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_every_export_exists_and_is_documented() -> None:
