@@ -1,5 +1,6 @@
 """Local stand-ins for the demo, the tests and the benchmark: an S3 endpoint (moto's server, in its own
-process so that it never shares our GIL) and a Redis server when one is installed but not running.
+process so that it never shares our GIL), a Redis server when one is installed but not running, and a Celery
+worker process started as an operator would start one.
 
 Nothing here is used by the worker or the producer; moto is a development dependency.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from typing import IO
 
 
 def free_port() -> int:
@@ -121,3 +124,22 @@ def redis_server(port: int | None = None) -> Iterator[str | None]:
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+@contextlib.contextmanager
+def worker_process(env: dict[str, str], name: str, log: IO[bytes] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """``celery -A bucketzip.worker worker --pool=prefork -c 1`` in a child process with ``env`` added to ours;
+    its output goes to ``log`` (or nowhere). Stopped with SIGTERM (a warm shutdown) after, killed if it hangs."""
+    cmd = [sys.executable, "-m", "celery", "-A", "bucketzip.worker", "worker", "--pool=prefork", "-c", "1"]
+    cmd += ["-n", f"{name}@%h", "--loglevel=INFO", "--without-mingle", "--without-gossip"]
+    out = log if log is not None else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -19,8 +19,6 @@ import io
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -33,7 +31,7 @@ import boto3
 from bucketzip.cli import ProgressPrinter
 from bucketzip.client import Client
 from bucketzip.config import Settings
-from bucketzip.devserver import free_port, moto_server, port_open, redis_server
+from bucketzip.devserver import free_port, moto_server, port_open, redis_server, worker_process
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".bucketzip" / "demo"
@@ -123,24 +121,13 @@ def upload_corpus(settings: Settings) -> dict[str, bytes]:
 
 
 @contextlib.contextmanager
-def worker(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    cmd = [sys.executable, "-m", "celery", "-A", "bucketzip.worker", "worker", "--pool=prefork", "-c", "1"]
-    cmd += ["--loglevel=WARNING", "-n", f"demo-{os.getpid()}@%h", "--without-mingle", "--without-gossip"]
+def worker(env: dict[str, str]) -> Iterator[object]:
     log_path = Path(".bucketzip/demo-worker.log")
     log_path.parent.mkdir(exist_ok=True)
-    say("worker: " + " ".join(["celery", *cmd[3:]]) + f"  (its log: {log_path})")
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            yield proc
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            say("worker stopped")
+    say(f"worker: celery -A bucketzip.worker worker --pool=prefork -c 1  (its log: {log_path})")
+    with log_path.open("wb") as log, worker_process(env, f"demo-{os.getpid()}", log) as proc:
+        yield proc
+    say("worker stopped")
 
 
 def verify(settings: Settings, key: str, files: dict[str, bytes]) -> None:

@@ -3,13 +3,11 @@ halfway through a job, and stopped by a time limit), and RabbitMQ as the broker.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,7 +15,7 @@ import pytest
 import bucketzip.worker
 from bucketzip.client import Client
 from bucketzip.config import Settings
-from bucketzip.devserver import port_open
+from bucketzip.devserver import port_open, worker_process
 from bucketzip.registry import FAILED, SUCCEEDED, TERMINAL, Registry
 from bucketzip.tasks import sweep_uploads
 from bucketzip.worker import SWEEP_TASK_NAME, TASK_NAME, make_app
@@ -70,23 +68,6 @@ def test_celery_finds_the_app_from_the_environment(monkeypatch: pytest.MonkeyPat
     with pytest.raises(AttributeError):
         bucketzip.worker.nothing  # noqa: B018
     monkeypatch.setattr(bucketzip.worker, "_app", None)
-
-
-@contextlib.contextmanager
-def worker_process(env: dict[str, str], name: str) -> Iterator[subprocess.Popen[bytes]]:
-    """``celery -A bucketzip.worker worker --pool=prefork -c 1``, as an operator would start it."""
-    cmd = [sys.executable, "-m", "celery", "-A", "bucketzip.worker", "worker", "--pool=prefork", "-c", "1"]
-    cmd += ["-n", f"{name}@%h", "--loglevel=INFO", "--without-mingle", "--without-gossip"]
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_a_worker_process_killed_halfway_leaves_one_archive_and_no_upload(
