@@ -28,7 +28,7 @@ class ZipStage:
         writer: ZipWriter,
         emit: Callable[[bytes], Coroutine[Any, Any, None]],
         block: int,
-        depth: int = 16,
+        depth: int = 8,
     ) -> None:
         self._writer = writer
         self._emit = emit
