@@ -131,7 +131,7 @@ class ZipWriter:
             raise RuntimeError("the archive is finished")
         if not name or name.startswith("/"):
             raise ValueError(f"bad entry name {name!r}")
-        if level_is_store(self._level) and method != "store":
+        if self._level == 0:  # zlib's level 0 means no compression
             method = "store"
         self._pending = (name, modified, choose_method(name, method), size)
         return b""
@@ -279,10 +279,6 @@ class ZipWriter:
         return data
 
 
-def level_is_store(level: int) -> bool:
-    return level == 0
-
-
 def stream_zip(members: Iterable[Member], level: int = 6) -> Iterator[bytes]:
     """Yield a ZIP archive of ``members``, one entry after another, in constant memory."""
     writer = ZipWriter(level)
@@ -384,7 +380,3 @@ def size_bound(input_bytes: int, entries: int, name_bytes: int) -> int:
     per_entry = 30 + 20 + 9 + 24 + 46 + 28 + 9  # headers, ZIP64 fields, timestamps, descriptor
     deflate_growth = input_bytes // 512 + 1024 * entries  # worst-case DEFLATE expansion, generously
     return input_bytes + deflate_growth + entries * per_entry + 2 * name_bytes + 98
-
-
-def now() -> datetime:
-    return datetime.now(UTC)

@@ -219,7 +219,6 @@ async def _pipeline(
 
 # --- running a job from synchronous code (the CLI, the Celery task) ---
 
-_loop_lock = threading.Lock()
 M_ARENA_MAX = -8  # glibc's mallopt() parameter number
 _tuned = False
 
@@ -249,8 +248,7 @@ def _loop() -> asyncio.AbstractEventLoop:
     """fsspec's IO loop: one per process, in its own thread, shared with s3fs."""
     import fsspec.asyn
 
-    with _loop_lock:
-        return fsspec.asyn.get_loop()
+    return fsspec.asyn.get_loop()  # made once, under fsspec's own lock
 
 
 class _Interrupted(Exception):

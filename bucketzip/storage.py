@@ -16,7 +16,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from .config import Settings
 from .errors import (
@@ -211,8 +211,3 @@ def store_for(protocol: str, settings: Settings) -> Store:
                 store = FsStore(protocol)
             _stores[key] = store
         return store
-
-
-def run_cleanup(coro_fn: Callable[[], Any]) -> Any:
-    """Helper for sinks: run an abort even while the surrounding task is being cancelled."""
-    return asyncio.shield(asyncio.ensure_future(coro_fn()))

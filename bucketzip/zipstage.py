@@ -11,6 +11,7 @@ which is also where the sink's backpressure reaches it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import queue
 import threading
 from collections.abc import Callable, Coroutine
@@ -38,7 +39,7 @@ class ZipStage:
         self._depth = depth
         self._room = asyncio.Semaphore(depth)
         self._freed = 0  # room taken back from the queue but not yet handed to the loop (thread's side)
-        self._out: list[bytes | memoryview] = []
+        self._out: collections.deque[bytes | memoryview] = collections.deque()
         self._held = 0
         self._error: BaseException | None = None
         self._stopping = False
@@ -107,7 +108,7 @@ class ZipStage:
                     self._gather(self._writer.end())
                 else:
                     self._gather(self._writer.finish())
-                    self._flush(force=True)
+                    self._flush()
                     return
         except BaseException as exc:
             self._error = exc
@@ -145,7 +146,7 @@ class ZipStage:
         while need:
             piece = self._out[0]
             if len(piece) <= need:
-                taken.append(self._out.pop(0))
+                taken.append(self._out.popleft())
                 need -= len(piece)
             else:
                 view = memoryview(piece)
@@ -155,7 +156,7 @@ class ZipStage:
         self._held -= size
         return b"".join(taken)
 
-    def _flush(self, force: bool = False) -> None:
+    def _flush(self) -> None:
         if self._held:
             self._emit_block(self._cut(self._held))
 
