@@ -11,7 +11,6 @@ import click
 
 from .config import Settings
 from .errors import BucketzipError, ConfigError, InvalidJob
-from .registry import TERMINAL
 
 
 def fmt_bytes(n: float) -> str:
@@ -120,6 +119,8 @@ def _follow(client: Any, job_id: str, printer: ProgressPrinter | None, timeout: 
     """Print progress while the job runs, then return its result (or raise its error)."""
     if printer is None:
         return dict(client.wait(job_id, timeout))
+    from .registry import TERMINAL
+
     deadline = None if timeout is None else time.monotonic() + timeout
     last = None
     try:
@@ -231,6 +232,8 @@ def status(job_id: str, as_json: bool) -> None:
 @click.option("--interval", type=float, default=WATCH_INTERVAL, show_default=True, help="Seconds between reads.")
 def watch(job_ids: tuple[str, ...], interval: float) -> None:
     """Live progress of the given jobs, or of every queued and running job, until they end."""
+    from .registry import TERMINAL
+
     client = _client()
     tty = sys.stderr.isatty()
     drawn = 0

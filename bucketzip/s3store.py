@@ -15,6 +15,7 @@ import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from .config import Settings
@@ -27,14 +28,19 @@ RESUME_ATTEMPTS = 3  # a GET whose connection drops mid-body resumes from where 
 
 
 def _timestamp(value: str) -> datetime:
-    """S3's XML timestamps are ISO 8601, which ``fromisoformat`` parses ~50x faster than botocore's default
-    (dateutil); that parse was 14% of our CPU listing 20,000 objects. Anything else goes to botocore's."""
+    """S3's timestamps are ISO 8601 in XML bodies (listings) and RFC 7231 dates in headers (a GET's
+    Last-Modified). ``fromisoformat`` parses the first ~50x and ``parsedate_to_datetime`` the second ~20x
+    faster than botocore's default (dateutil, ~80 us each): that parse was 14% of our CPU listing 20,000
+    objects, and it runs again on every GET. Anything else, or a date without a zone, goes to botocore's."""
     try:
-        return datetime.fromisoformat(value)
-    except (TypeError, ValueError):
-        from botocore.utils import parse_timestamp
+        parsed = datetime.fromisoformat(value) if value[:1].isdigit() else parsedate_to_datetime(value)
+        if parsed.tzinfo is not None:
+            return parsed
+    except (TypeError, ValueError, IndexError):
+        pass
+    from botocore.utils import parse_timestamp
 
-        return parse_timestamp(value)
+    return parse_timestamp(value)
 
 
 def _session(session: Any) -> Any:
@@ -66,6 +72,10 @@ class S3Store:
         self.pool = ThreadPoolExecutor(settings.upload_concurrency + 1, thread_name_prefix="bucketzip-upload")
         self._boto: Any = None
         self._boto_lock = threading.Lock()
+        # Build the sink's client now, on the pool, while the caller lists and starts reading: it is ~80 ms
+        # of imports and set-up that would otherwise hold back the first part upload. (A failure here is
+        # raised again where the client is used.)
+        self.pool.submit(self.boto)
 
     def boto(self) -> Any:
         """The blocking boto3 client the sink uploads with (made once, on first use; thread-safe)."""

@@ -124,6 +124,28 @@ def test_error_code() -> None:
     assert error_code(ValueError("x")) is None
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-11-21T15:04:05.000Z",  # a listing's LastModified (XML)
+        "2026-11-21T15:04:05Z",
+        "2026-11-21T16:04:05.250+01:00",
+        "Sat, 21 Nov 2026 15:04:05 GMT",  # a GET's or HEAD's Last-Modified header
+        "Saturday, 21-Nov-26 15:04:05 GMT",  # RFC 850: the fallback parses it
+        "Sat, 21 Nov 2026 15:04:05 -0000",  # RFC 2822's "zone unknown": the fallback makes it UTC
+        "1795359845",  # epoch seconds
+        "2026-11-21T15:04:05",  # no zone: naive, as botocore's
+    ],
+)
+def test_timestamps_parse_like_botocore(text: str) -> None:
+    from botocore.utils import parse_timestamp
+
+    from bucketzip.s3store import _timestamp
+
+    ours, theirs = _timestamp(text), parse_timestamp(text)
+    assert (ours.utcoffset(), ours.replace(tzinfo=None)) == (theirs.utcoffset(), theirs.replace(tzinfo=None))
+
+
 # --- the S3 store against moto ---
 
 
