@@ -78,6 +78,9 @@ class Settings:
     upload_concurrency: int = field(default=3, metadata={"parse": int})
     read_buffer: int = field(default=8 * MiB, metadata={"parse": _size})
     chunk_size: int = field(default=512 * 2**10, metadata={"parse": _size})
+    # Threads one job deflates on (each chunk a block, pigz-style: see deflate.py); 1 deflates on the ZIP
+    # stage's own thread. Default: one per CPU, at most 4.
+    deflate_threads: int = field(default=min(4, os.cpu_count() or 1), metadata={"parse": int})
     progress_interval: float = field(default=0.5, metadata={"parse": float})  # seconds between reports
     # glibc's malloc arenas for this process (0: leave glibc's default of 8 per core). One arena keeps the
     # threads' churn of chunk and part buffers from fragmenting several heaps: see engine.tune_allocator.
@@ -133,9 +136,11 @@ class Settings:
             )
         if not 0 <= self.compression_level <= 9:
             raise ConfigError("BUCKETZIP_COMPRESSION_LEVEL", str(self.compression_level), "must be 0-9")
-        for name in ("read_concurrency", "upload_concurrency", "max_entries", "max_sources", "lock_ttl"):
+        for name in ("read_concurrency", "upload_concurrency", "deflate_threads", "max_entries", "max_sources"):
             if getattr(self, name) < 1:
                 raise ConfigError(PREFIX + name.upper(), str(getattr(self, name)), "must be at least 1")
+        if self.lock_ttl < 1:
+            raise ConfigError("BUCKETZIP_LOCK_TTL", str(self.lock_ttl), "must be at least 1")
         if self.visibility_timeout <= self.job_time_limit:
             # A message still unacknowledged after the visibility timeout is delivered again: were that
             # shorter than a job may run, every long job would be handed to a second worker.

@@ -1,10 +1,10 @@
 """build_archive(spec, settings, on_progress) -> result: selection, read-ahead, ZIP writer and sink, wired.
 
 The stages overlap instead of taking turns: the next objects are fetched (``prefetch``) while the current one
-is checksummed and compressed on the ZIP stage's thread (``zipstage``; CRC-32 and DEFLATE release the GIL),
-while finished parts are uploaded concurrently (``S3Sink``). Each stage is bounded, so memory depends on the
-settings, not on the archive. Any exception, cancellation included, aborts the sink: the archive is published
-whole or not at all.
+is checksummed and compressed on the ZIP stage's thread (``zipstage``; CRC-32 and DEFLATE release the GIL;
+DEFLATE runs in blocks on ``deflate_threads`` threads, see ``deflate``), while finished parts are uploaded
+concurrently (``S3Sink``). Each stage is bounded, so memory depends on the settings, not on the archive. Any
+exception, cancellation included, aborts the sink: the archive is published whole or not at all.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ import math
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from .archive import ZipWriter
 from .config import MAX_PARTS, MiB, Settings
+from .deflate import parallel_deflate
 from .errors import SourceMissing
 from .prefetch import Prefetcher
 from .selection import Entry, Selection, select
@@ -180,7 +182,11 @@ async def _pipeline(
     def read(entry: Entry) -> Any:
         return stores(entry.obj.location.protocol).read(entry.obj, settings.chunk_size)
 
-    stage = ZipStage(ZipWriter(level), emit, block=part_size)
+    threads = settings.deflate_threads
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="bucketzip-deflate") if threads > 1 else None
+    # Up to two blocks per thread in flight: one deflating, one queued behind it.
+    writer = ZipWriter(level, parallel_deflate(pool, 2 * threads)) if pool else ZipWriter(level)
+    stage = ZipStage(writer, emit, block=part_size)
     try:
         async with Prefetcher(entries, read, settings.read_buffer, settings.read_concurrency) as ahead:
             for i, entry in enumerate(entries):
@@ -214,6 +220,8 @@ async def _pipeline(
         await stage.finish()
     finally:
         await stage.close()
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)  # the stage has stopped: nothing more is submitted
     return written
 
 

@@ -3,9 +3,10 @@
 Awaiting one thread hop per chunk made the pipeline wait for the GIL and a loop wake-up on every chunk:
 measured on a 500 MB job, 506 hops took 3.4 s for ~0.8 s of DEFLATE. Here the loop only enqueues (it waits
 when ``depth`` items are queued, which bounds memory) and the thread runs CRC-32 and DEFLATE back to back,
-both of which release the GIL. Output is cut into blocks of exactly ``block`` bytes, the sink's part size, so
-the sink sends each as a part without copying it again; the thread crosses back to the loop once per part,
-which is also where the sink's backpressure reaches it.
+both of which release the GIL (with a writer made by ``deflate.parallel_deflate``, the thread hands DEFLATE's
+blocks to a pool and keeps their output in order). Output is cut into blocks of exactly ``block`` bytes, the
+sink's part size, so the sink sends each as a part without copying it again; the thread crosses back to the
+loop once per part, which is also where the sink's backpressure reaches it.
 """
 
 from __future__ import annotations

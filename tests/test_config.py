@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from bucketzip.config import MAX_PART_SIZE, MIN_PART_SIZE, Settings
@@ -16,6 +18,7 @@ def test_defaults_are_valid_and_conservative() -> None:
     assert s.allowed_protocols == frozenset({"s3"}), "only s3:// may be read unless an operator widens it"
     assert s.allowed_buckets == frozenset() and s.allowed_destination_buckets == frozenset()
     assert s.endpoint_url is None and s.access_key_id is None
+    assert s.deflate_threads == min(4, os.cpu_count() or 1), "one DEFLATE thread per CPU, at most 4"
 
 
 def test_reads_only_the_mapping_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -116,9 +119,11 @@ def test_unparseable_value_names_variable_and_value(variable: str, value: str) -
         ("BUCKETZIP_COMPRESSION_LEVEL", "-1"),
         ("BUCKETZIP_READ_CONCURRENCY", "0"),
         ("BUCKETZIP_UPLOAD_CONCURRENCY", "0"),
+        ("BUCKETZIP_DEFLATE_THREADS", "0"),
         ("BUCKETZIP_MAX_ENTRIES", "0"),
+        ("BUCKETZIP_LOCK_TTL", "0"),
         ("BUCKETZIP_CHUNK_SIZE", "1000"),
-        ("BUCKETZIP_READ_BUFFER", "65536"),  # smaller than the default 1 MiB chunk
+        ("BUCKETZIP_READ_BUFFER", "65536"),  # smaller than the default 512 KiB chunk
     ],
 )
 def test_out_of_range_value_names_variable_and_value(variable: str, value: str) -> None:

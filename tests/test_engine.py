@@ -208,6 +208,24 @@ def test_compression(
     assert {i.filename for i in zf.infolist() if i.compress_type == zipfile.ZIP_DEFLATED} == deflated
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_deflate_threads_make_the_same_entries(
+    threads: int, corpus: tuple[str, dict[str, bytes]], make_bucket: Callable[[], str], s3: Any, settings: Settings
+) -> None:
+    """One DEFLATE thread or several (blocks deflated apart, pigz-style): the same entries, every CRC right,
+    sizes within a few bytes per 512 KiB chunk of each other."""
+    bucket, objects = corpus
+    out = make_bucket()
+    spec = {"sources": [f"s3://{bucket}/"], "destination": f"s3://{out}/{threads}.zip"}
+    result = run_job(spec, settings.replace(deflate_threads=threads))
+    zf = fetch_archive(s3, out, f"{threads}.zip", objects)  # zipfile, every CRC, and unzip -t
+    deflated = {i.filename for i in zf.infolist() if i.compress_type == zipfile.ZIP_DEFLATED}
+    assert {"docs/big.log", "nested/a/b/c/d/deep.csv"} <= deflated
+    if threads > 1:
+        one = run_job({**spec, "destination": f"s3://{out}/one.zip"}, settings.replace(deflate_threads=1))
+        assert abs(result.size - one.size) <= 16 * (result.input_bytes // (512 * 1024) + len(objects))
+
+
 def test_compression_level_is_used(make_bucket: Callable[[], str], put: Put, s3: Any, settings: Settings) -> None:
     b = make_bucket()
     data = text(2 * MiB, 7)
