@@ -42,7 +42,9 @@ def read_all(s3: Any, urls: list[str]) -> int:
         return sum(pool.map(get, urls))
 
 
-def write(s3: Any, url: str, size: int) -> None:
+def write(s3: Any, url: str, size: int) -> float:
+    """Upload ``size`` bytes to ``url``; return the seconds CompleteMultipartUpload took (the server joins the
+    parts into one object then, after the last byte is sent: moto copies the whole archive)."""
     bucket, key = _split(url)
     part = os.urandom(PART_SIZE)
     upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
@@ -56,7 +58,9 @@ def write(s3: Any, url: str, size: int) -> None:
     try:
         with ThreadPoolExecutor(WRITERS) as pool:
             parts = list(pool.map(put, range(1, max(1, -(-size // PART_SIZE)) + 1)))
+        started = time.perf_counter()
         s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+        return time.perf_counter() - started
     except BaseException:
         s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
         raise
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     read_bytes = read_all(s3, urls)
     read_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    write(s3, args.write_to, args.write_bytes)
+    complete_seconds = write(s3, args.write_to, args.write_bytes)
     write_seconds = time.perf_counter() - started
     s3.delete_object(Bucket=_split(args.write_to)[0], Key=_split(args.write_to)[1])
     result = {
@@ -87,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "read_seconds": read_seconds,
         "write_bytes": args.write_bytes,
         "write_seconds": write_seconds,
+        "complete_seconds": complete_seconds,
         "duration": max(read_seconds, write_seconds),
     }
     print(json.dumps(result))

@@ -144,7 +144,9 @@ def _print(c: corpora.Corpus, runs: int, o: Outcome, m: Measured) -> None:
     rss = (o.peak_rss or 0) / 2**20
     extra = f", server CPU {o.server_cpu:.2f} s" if o.server_cpu is not None else ""
     if o.contender == "bound":
-        extra += f" (read {o.result['read_seconds']:.2f} s, write {o.result['write_seconds']:.2f} s)"
+        r = o.result
+        extra += f" (read {r['read_seconds']:.2f} s, write {r['write_seconds']:.2f} s"
+        extra += f" of which complete {r['complete_seconds']:.2f} s)"
     elif o.output_bytes:
         extra += f", archive {o.output_bytes / 1e6:.1f} MB"
     print(f"{head} {o.seconds:8.2f} s, peak RSS {rss:.0f} MiB{extra}", file=sys.stderr, flush=True)
