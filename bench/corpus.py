@@ -50,7 +50,7 @@ class Corpus:
 def build(name: str, scale: float = 1.0) -> Corpus:
     """The corpus called ``name``; ``scale`` shrinks its bytes (or, for the small-object ones, its count)."""
     rng = random.Random(name)
-    kinds = ("random", "text")
+    kinds: tuple[str, ...] = ("random", "text")
     if name == "mixed":
         sizes = _spread(200, KiB, int(60 * 10**6 * scale), int(500 * 10**6 * scale))
         # Alternate kinds over the sorted sizes so both span the whole range, then shuffle key order.
