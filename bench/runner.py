@@ -1,8 +1,10 @@
 """Benchmark one corpus: each contender, run after run, each run a fresh process against the same server.
 
-Runs are interleaved (naive, bucketzip, bound; then again) so that drift in the machine or the server weighs
-on every contender alike. Each contender's first good archive is verified; every archive is deleted after its
-run, because moto keeps each object in memory.
+Runs are interleaved so that drift in the machine or the server weighs on every contender alike, and each round
+starts one contender later (naive, bucketzip, bound; then bucketzip, bound, naive; ...) so that none always
+runs right after the same other one. Before each run the server is left to settle until it uses no CPU: after a
+large archive is deleted moto is busy for a while, and the next run would pay for it. Each contender's first good
+archive is verified; every archive is deleted after its run, because moto keeps each object in memory.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,9 +87,11 @@ def bench_corpus(ctx: Context, c: corpora.Corpus, contenders: list[str], runs: i
     failed: set[str] = set()
     verified: set[str] = set()
     for i in range(runs):
-        for contender in contenders:
+        for contender in contenders[i % len(contenders) :] + contenders[: i % len(contenders)]:
             if contender in failed:
                 continue
+            if ctx.server_pid:
+                settle(ctx.server_pid)
             # The bound writes as many bytes as bucketzip's archive (naive's while bucketzip has none).
             sizes = {o.contender: o.output_bytes for o in outcomes if o.ok and o.output_bytes}
             out_bytes = sizes.get("bucketzip") or sizes.get("naive") or c.input_bytes
@@ -105,6 +110,18 @@ def bench_corpus(ctx: Context, c: corpora.Corpus, contenders: list[str], runs: i
             if not outcome.ok:
                 failed.add(contender)  # a broken contender stays broken: don't spend the other runs on it
     return outcomes
+
+
+def settle(pid: int, quiet: float = 0.3, limit: float = 15.0) -> None:
+    """Wait until process ``pid`` has used (almost) no CPU for ``quiet`` seconds, or ``limit`` has passed."""
+    deadline = time.monotonic() + limit
+    before = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = cpu_seconds(pid)
+        if now - before < 0.02:
+            return
+        before = now
 
 
 def _judge(ctx: Context, c: corpora.Corpus, contender: str, i: int, key: str, m: Measured, check: bool) -> Outcome:
