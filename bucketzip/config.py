@@ -26,6 +26,14 @@ MAX_PARTS = 10_000  # S3's most parts in one multipart upload
 MAX_OBJECT_SIZE = 5 * TiB  # S3's largest object: no archive can be larger
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, e.g. under a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _size(text: str) -> int:
     """Parse ``8388608``, ``8MiB``, ``8M``, ``1.5GiB`` (binary units either way)."""
     t = text.strip().upper().removesuffix("B").removesuffix("I")
@@ -80,7 +88,7 @@ class Settings:
     chunk_size: int = field(default=512 * 2**10, metadata={"parse": _size})
     # Threads one job deflates on (each chunk a block, pigz-style: see deflate.py); 1 deflates on the ZIP
     # stage's own thread. Default: one per CPU, at most 4.
-    deflate_threads: int = field(default=min(4, os.cpu_count() or 1), metadata={"parse": int})
+    deflate_threads: int = field(default_factory=lambda: min(4, usable_cpus()), metadata={"parse": int})
     progress_interval: float = field(default=0.5, metadata={"parse": float})  # seconds between reports
     # glibc's malloc arenas for this process (0: leave glibc's default of 8 per core). One arena keeps the
     # threads' churn of chunk and part buffers from fragmenting several heaps: see engine.tune_allocator.

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from bucketzip.config import MAX_PART_SIZE, MIN_PART_SIZE, Settings
+from bucketzip.config import MAX_PART_SIZE, MIN_PART_SIZE, Settings, usable_cpus
 from bucketzip.errors import ConfigError
 
 MiB = 2**20
@@ -18,7 +16,7 @@ def test_defaults_are_valid_and_conservative() -> None:
     assert s.allowed_protocols == frozenset({"s3"}), "only s3:// may be read unless an operator widens it"
     assert s.allowed_buckets == frozenset() and s.allowed_destination_buckets == frozenset()
     assert s.endpoint_url is None and s.access_key_id is None
-    assert s.deflate_threads == min(4, os.cpu_count() or 1), "one DEFLATE thread per CPU, at most 4"
+    assert s.deflate_threads == min(4, usable_cpus()) >= 1, "one DEFLATE thread per usable CPU, at most 4"
 
 
 def test_reads_only_the_mapping_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
