@@ -58,15 +58,12 @@ class Compressor(Protocol):
 def raw_deflate(level: int, zdict: bytes = b"") -> Any:
     """A raw DEFLATE compressor (zlib's ``compressobj`` interface) at zlib's ``level`` (1-9), using ISA-L when
     installed; ``zdict`` primes its window with the data that came before (see ``deflate``)."""
+    primed = (9, 0, zdict) if zdict else ()  # memLevel and strategy at their defaults, then the dictionary
     if _isal is not None:
         # ISA-L's levels are 0-3; its 2 matches zlib 6's ratio within ~1% on text.
         isal_level = 1 if level <= 2 else 2 if level <= 6 else 3
-        if zdict:
-            return _isal.compressobj(isal_level, _isal.DEFLATED, -15, 9, 0, zdict)
-        return _isal.compressobj(isal_level, _isal.DEFLATED, -15)
-    if zdict:
-        return zlib.compressobj(level, zlib.DEFLATED, -15, 9, 0, zdict)
-    return zlib.compressobj(level, zlib.DEFLATED, -15)
+        return _isal.compressobj(isal_level, _isal.DEFLATED, -15, *primed)
+    return zlib.compressobj(level, zlib.DEFLATED, -15, *primed)
 
 
 crc32: Callable[[bytes, int], int] = _isal.crc32 if _isal is not None else zlib.crc32

@@ -181,3 +181,13 @@ def test_archive_with_parallel_deflate_reads_back(pool: ThreadPoolExecutor) -> N
     z = check_zip_bytes(ours, contents)  # zipfile (every CRC) and unzip -t
     assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_DEFLATED}
     assert abs(len(ours) - len(archive(ZipWriter(6)))) < 200
+
+
+def test_zlib_fallback_makes_the_same_kind_of_stream(monkeypatch: pytest.MonkeyPatch, pool: Executor) -> None:
+    """Where ISA-L is not installed, zlib's compressors (primed the same way) make the blocks."""
+    monkeypatch.setattr("bucketzip.archive._isal", None)
+    data = text(1_200_000, 9)
+    blocks = chunked(data, 256 * 1024)
+    out = deflate_all(blocks, pool)
+    assert inflate(out) == data
+    assert abs(len(out) - len(zlib.compress(data, 6)) + 6) <= 64 * len(blocks), "zlib's own size, give or take"
