@@ -272,7 +272,7 @@ def _probe(action: Any) -> str | None:
 
 def _probe_s3(settings: Settings) -> None:
     from .engine import run_sync
-    from .storage import error_code, store_for
+    from .stores import error_code, store_for
 
     async def probe() -> None:
         s3 = await store_for("s3", settings).client()  # type: ignore[attr-defined]

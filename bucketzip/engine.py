@@ -25,7 +25,7 @@ from .errors import SourceMissing
 from .prefetch import Prefetcher
 from .selection import Entry, Selection, select
 from .spec import JobSpec
-from .storage import SinkOptions, Store, store_for
+from .stores import SinkOptions, Store, store_for
 from .zipstage import ZipStage
 
 T = TypeVar("T")

@@ -16,7 +16,7 @@
 
 Every class keeps its constructor arguments in ``.args`` (and only JSON-friendly ones), so an exception survives
 Celery's JSON result backend and is rebuilt as the same type. Third-party S3 errors are translated into these
-in ``storage.py`` and nowhere else. Retry policy is declared by type: only ``TransientError`` is retried.
+in ``stores/base.py`` and nowhere else. Retry policy is declared by type: only ``TransientError`` is retried.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from .archive import size_bound
 from .config import MAX_OBJECT_SIZE, Settings
 from .errors import InvalidJob, LimitExceeded
 from .spec import GLOB_CHARS, JobSpec, Location, Source, sanitise_name
-from .storage import ObjectInfo, Store
+from .stores import ObjectInfo, Store
 
 
 @dataclass(frozen=True)

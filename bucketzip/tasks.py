@@ -187,7 +187,7 @@ def sweep_uploads(settings: Settings, registry: Registry, now: float | None = No
     bucketzip's alone); otherwise only the uploads the registry saw a job create, in the buckets of recorded
     destinations, so that other tools' uploads in a shared bucket are left alone."""
     from .engine import run_sync
-    from .storage import store_for
+    from .stores import store_for
 
     store: Any = store_for("s3", settings)
     cutoff = (time.time() if now is None else now) - settings.stale_upload_age

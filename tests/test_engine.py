@@ -20,7 +20,7 @@ from bucketzip.engine import Progress, part_size_for, run_job
 from bucketzip.errors import InvalidJob, LimitExceeded, SourceChanged, SourceMissing
 from bucketzip.selection import Entry, Selection
 from bucketzip.spec import Location, check_entry_name
-from bucketzip.storage import ObjectInfo
+from bucketzip.stores.base import ObjectInfo
 from tests.helpers import fetch_archive, keys, open_uploads
 
 MiB = 2**20

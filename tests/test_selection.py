@@ -15,7 +15,7 @@ from bucketzip.engine import run_sync
 from bucketzip.errors import InvalidJob, LimitExceeded
 from bucketzip.selection import Selection, glob_regex, select
 from bucketzip.spec import JobSpec, check_entry_name
-from bucketzip.storage import store_for
+from bucketzip.stores import store_for
 
 Put = Callable[[str, dict[str, bytes]], None]
 

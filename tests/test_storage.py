@@ -29,7 +29,7 @@ from bucketzip.errors import (
     UploadFailed,
 )
 from bucketzip.spec import Location
-from bucketzip.storage import ObjectInfo, Published, SinkOptions, error_code, store_for, translate
+from bucketzip.stores import ObjectInfo, Published, SinkOptions, error_code, store_for, translate
 from tests.conftest import CREDENTIALS
 from tests.helpers import keys, open_uploads
 
@@ -140,7 +140,7 @@ def test_error_code() -> None:
 def test_timestamps_parse_like_botocore(text: str) -> None:
     from botocore.utils import parse_timestamp
 
-    from bucketzip.s3store import _timestamp
+    from bucketzip.stores.s3 import _timestamp
 
     ours, theirs = _timestamp(text), parse_timestamp(text)
     assert (ours.utcoffset(), ours.replace(tzinfo=None)) == (theirs.utcoffset(), theirs.replace(tzinfo=None))

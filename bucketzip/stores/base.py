@@ -1,8 +1,8 @@
 """Object storage as the engine sees it: list, stat, read, a transactional sink, presigned URLs.
 
-Two backends implement it: ``s3store.S3Store`` (s3fs's aiobotocore client; the production path) and
-``fsstore.FsStore`` (any fsspec filesystem, for local use and tests when settings allow it). This module is the
-one place where third-party errors (botocore, aiohttp, OSError) become bucketzip's (``translate``).
+The backends (``stores.s3.S3Store``, ``stores.fs.FsStore``...) implement these protocols and are registered in
+``stores/__init__.py``. This module is the one place where third-party errors (botocore, aiohttp, OSError)
+become bucketzip's (``translate``).
 
 A sink is transactional: ``commit()`` publishes the object; ``abort()`` (which every error path calls) leaves
 nothing behind - no object, no in-progress multipart upload.
@@ -11,15 +11,12 @@ nothing behind - no object, no in-progress multipart upload.
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from .config import Settings
-from .errors import (
+from ..errors import (
     AccessDenied,
     BucketzipError,
     SourceChanged,
@@ -28,7 +25,7 @@ from .errors import (
     TransientError,
     UploadFailed,
 )
-from .spec import Location
+from ..spec import Location
 
 
 @dataclass(frozen=True)
@@ -186,28 +183,3 @@ def _is_network_error(exc: BaseException) -> bool:
             "IncompleteReadError",
         }
     )
-
-
-# --- one store per protocol per process ---
-
-_stores: dict[tuple[int, str, Settings], Store] = {}
-_stores_lock = threading.Lock()
-
-
-def store_for(protocol: str, settings: Settings) -> Store:
-    """The store for ``protocol``, made once per process (fsspec's async filesystems are not fork-safe, so
-    a store made in a parent is never reused in a forked child)."""
-    key = (os.getpid(), protocol, settings)
-    with _stores_lock:
-        store = _stores.get(key)
-        if store is None:
-            if protocol == "s3":
-                from .s3store import S3Store
-
-                store = S3Store(settings)
-            else:
-                from .fsstore import FsStore
-
-                store = FsStore(protocol)
-            _stores[key] = store
-        return store

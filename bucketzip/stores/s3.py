@@ -4,7 +4,7 @@ s3fs gives us the configured async session (credentials chain, endpoint, per-buc
 which serves many concurrent GETs cheaply; we call the S3 API directly so that we control exactly what is sent:
 If-Match on every read and one streaming GET per object (moto, and some S3-compatibles, read the whole object for
 each ranged GET). Parts are uploaded by boto3 on threads (see ``s3sink``). Errors are translated by
-``storage.translate``.
+``stores.base.translate``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from .config import Settings
-from .errors import SourceChanged, TransientError
+from ..config import Settings
+from ..errors import SourceChanged, TransientError
+from ..spec import Location
+from .base import ObjectInfo, SinkOptions, error_code, translate
 from .s3sink import S3Sink, abort_upload
-from .spec import Location
-from .storage import ObjectInfo, SinkOptions, error_code, translate
 
 RESUME_ATTEMPTS = 3  # a GET whose connection drops mid-body resumes from where it stopped, this many times
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import fsspec
 
-from .errors import SourceChanged
-from .spec import Location
-from .storage import ObjectInfo, Published, SinkOptions, translate
+from ..errors import SourceChanged
+from ..spec import Location
+from .base import ObjectInfo, Published, SinkOptions, translate
 
 
 def _modified(info: dict[str, Any]) -> datetime:

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from .spec import Location
-from .storage import Published, SinkOptions, error_code, translate
+from ..spec import Location
+from .base import Published, SinkOptions, error_code, translate
 
 ABORT_ATTEMPTS = 3  # S3 may need an abort repeated before every part is freed
 
