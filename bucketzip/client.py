@@ -16,6 +16,7 @@ sends a whole batch over one broker connection and records it in Redis with one 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -28,8 +29,9 @@ from celery.exceptions import TaskRevokedError
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from .config import Settings
-from .errors import InvalidJob, JobCancelled, JobStateError, UnknownJob
-from .registry import CANCELLED, FAILED, QUEUED, RETRYING, RUNNING, TERMINAL, Job, Registry
+from .errors import InvalidJob, JobCancelled, JobConflict, JobStateError, UnknownJob
+from .lifecycle import CANCELLED, FAILED, QUEUED, RETRIED, RETRYING, RUNNING, TERMINAL, Lifecycle
+from .registry import Job, Registry
 from .spec import JobSpec
 from .worker import TASK_NAME, BucketzipCelery, make_app
 
@@ -85,23 +87,41 @@ class Client:
         ``batch_size``. Invalid specs are reported by position (from 0) and not queued."""
         batch = Batch()
         for start, chunk in _chunks(specs, batch_size):
-            items = []
+            items, positions = [], []
             for i, spec in enumerate(chunk, start):
                 try:
                     items.append(self._prepare(spec))
+                    positions.append(i)
                 except InvalidJob as exc:
                     batch.invalid.append((i, exc))
-            batch.accepted.extend(self._enqueue(items))
+            while True:
+                try:
+                    batch.accepted.extend(self._enqueue(items))
+                    break
+                except JobConflict as exc:  # report it by position, and enqueue the rest
+                    at = next(n for n, item in enumerate(items) if item[0] == exc.job_id)
+                    batch.invalid.append((positions.pop(at), exc))
+                    del items[at]
+        batch.invalid.sort(key=lambda pair: pair[0])
         return batch
 
     def _prepare(self, spec: Mapping[str, Any] | JobSpec) -> tuple[str, dict[str, Any], str]:
+        """Validate a spec: (job id, its canonical dict, destination URL). Raises ``InvalidJob``."""
         parsed = spec if isinstance(spec, JobSpec) else JobSpec.from_dict(spec, self.settings)
         job_id = parsed.job_id or uuid.uuid4().hex
         return job_id, parsed.to_dict(), parsed.destination.url
 
     def _enqueue(self, items: list[tuple[str, dict[str, Any], str]], retry_of: Job | None = None) -> list[JobHandle]:
-        named = [job_id for job_id, spec, _ in items if spec.get("job_id") == job_id]
-        taken = {job_id for job_id, free in zip(named, self.registry.claim(named), strict=True) if not free}
+        """Record and publish ``items``; an item whose ``job_id`` is already recorded with the same spec is not
+        queued again (its handle is returned), one recorded with another spec raises ``JobConflict``."""
+        named = [(job_id, spec) for job_id, spec, _ in items if spec.get("job_id") == job_id]
+        claims = self.registry.claim(named)
+        taken = {job_id for (job_id, _), recorded in zip(named, claims, strict=True) if recorded is not None}
+        for (job_id, spec), recorded in zip(named, claims, strict=True):
+            if recorded is not None and _canonical(recorded) != _canonical(spec):
+                # Release what this call claimed, so a conflict leaves nothing behind.
+                self.registry.unclaim([i for (i, _), r in zip(named, claims, strict=True) if r is None])
+                raise JobConflict(job_id)
         fresh, seen = [], set(taken)
         for item in items:
             if item[0] not in seen:
@@ -194,7 +214,7 @@ class Client:
             raise JobStateError(job_id, "retried", "it was already retried")
         parsed = JobSpec.from_dict(job.spec, self.settings)  # the rules may have changed since
         handle = self._enqueue([(new_id, parsed.to_dict(), parsed.destination.url)], retry_of=job)[0]
-        self.registry.mark_retried(job, new_id)
+        Lifecycle(self.registry).settle(job_id, RETRIED, {"retried_by": new_id}, expect=frozenset({FAILED, CANCELLED}))
         return handle
 
     def retry_failed(self, limit: int = 10_000) -> list[JobHandle]:
@@ -209,23 +229,20 @@ class Client:
 
     def cancel(self, job_id: str) -> str:
         """Cancel a job: a queued one never runs; a running one stops and aborts its upload. Returns the
-        state: ``cancelled``, ``cancelling`` (a worker will stop it shortly), or the state it had already
-        ended in."""
-        job = self.registry.get(job_id)
-        if job is None:
+        state: ``cancelled``, ``cancelling`` (a worker will stop it shortly, unless it is already publishing,
+        in which case it succeeds), or the state it had already ended in. Atomic: a job that has just
+        succeeded is never marked cancelled."""
+        state = Lifecycle(self.registry).cancel(job_id)
+        if state is None:
             raise UnknownJob(job_id)
-        if job.state in TERMINAL:
-            return job.state
-        self.registry.request_cancel(job_id)
+        if state in TERMINAL - {CANCELLED}:
+            return state
         try:
             # Drops the message if a worker holds it unstarted; the flag covers workers that start later.
             self.app.control.revoke(job_id)
         except Exception as exc:  # the transport may not broadcast (the embedded SQLite one)
             log.debug("revoke %s: %s", job_id, exc)
-        if job.state in (QUEUED, RETRYING):
-            self.registry.failed(job_id, JobCancelled(job_id), CANCELLED)
-            return CANCELLED
-        return "cancelling"
+        return state
 
     # --- listing ---
 
@@ -288,6 +305,10 @@ def _probe_s3(settings: Settings) -> None:
                 raise
 
     run_sync(probe())
+
+
+def _canonical(spec: Mapping[str, Any]) -> str:
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[tuple[int, list[Any]]]:

@@ -34,6 +34,12 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def soft_limit_for(hard: int) -> int:
+    """The default soft time limit: a tenth of the hard limit under it, at least 1 s and at most 60 s (the
+    time an abort of the upload needs), so that the job stops cleanly before it is killed."""
+    return hard - max(1, min(60, hard // 10))
+
+
 def _size(text: str) -> int:
     """Parse ``8388608``, ``8MiB``, ``8M``, ``1.5GiB`` (binary units either way)."""
     t = text.strip().upper().removesuffix("B").removesuffix("I")
@@ -99,7 +105,9 @@ class Settings:
     result_backend: str | None = field(default=None, metadata={"parse": str})
     redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata={"parse": str})
     job_time_limit: int = field(default=6 * 3600, metadata={"parse": int})  # seconds, hard limit
-    job_soft_time_limit: int = field(default=6 * 3600 - 60, metadata={"parse": int})
+    # Soft limit: the job stops and aborts its upload. Unset, it is a margin under the hard limit
+    # (soft_limit_for): prefork arms the hard timer only once the soft one has fired.
+    job_soft_time_limit: int | None = field(default=None, metadata={"parse": int})
     visibility_timeout: int = field(default=7 * 3600, metadata={"parse": int})  # > the longest job
     job_retention: int = field(default=7 * 24 * 3600, metadata={"parse": int})
     max_jobs_recorded: int = field(default=10_000, metadata={"parse": int})
@@ -115,6 +123,9 @@ class Settings:
     # lets its job run elsewhere after at most this many seconds.
     lock_ttl: int = field(default=60, metadata={"parse": int})
     max_retries: int = field(default=5, metadata={"parse": int})  # of a job that failed transiently
+    # Deliveries of one job whose worker died under it (OOM, SIGKILL) before the job fails for good: a job
+    # that kills its worker every time must not be redelivered forever.
+    max_runs: int = field(default=3, metadata={"parse": int})
     retry_backoff_max: int = field(default=600, metadata={"parse": int})  # seconds between retries, at most
 
     @classmethod
@@ -149,6 +160,26 @@ class Settings:
                 raise ConfigError(PREFIX + name.upper(), str(getattr(self, name)), "must be at least 1")
         if self.lock_ttl < 1:
             raise ConfigError("BUCKETZIP_LOCK_TTL", str(self.lock_ttl), "must be at least 1")
+        if self.max_runs < 1:
+            raise ConfigError("BUCKETZIP_MAX_RUNS", str(self.max_runs), "must be at least 1")
+        if self.job_time_limit < 2:
+            raise ConfigError("BUCKETZIP_JOB_TIME_LIMIT", str(self.job_time_limit), "must be at least 2 seconds")
+        if self.job_soft_time_limit is not None and not 1 <= self.job_soft_time_limit < self.job_time_limit:
+            # Prefork arms the hard timer only after the soft one fires: a soft limit at or past the hard one
+            # would leave the job with no limit at all.
+            raise ConfigError(
+                "BUCKETZIP_JOB_SOFT_TIME_LIMIT",
+                str(self.job_soft_time_limit),
+                f"must be at least 1 and less than BUCKETZIP_JOB_TIME_LIMIT ({self.job_time_limit}s)",
+            )
+        if self.stale_upload_age <= self.job_time_limit:
+            # The sweep aborts uploads older than this that it cannot tie to a running job: a younger age could
+            # abort the upload of a job still within its time limit.
+            raise ConfigError(
+                "BUCKETZIP_STALE_UPLOAD_AGE",
+                str(self.stale_upload_age),
+                f"must be longer than BUCKETZIP_JOB_TIME_LIMIT ({self.job_time_limit}s)",
+            )
         if self.visibility_timeout <= self.job_time_limit:
             # A message still unacknowledged after the visibility timeout is delivered again: were that
             # shorter than a job may run, every long job would be handed to a second worker.
@@ -166,6 +197,13 @@ class Settings:
                 f"must be at least BUCKETZIP_CHUNK_SIZE ({self.chunk_size})",
             )
         return self
+
+    @property
+    def soft_time_limit(self) -> int:
+        """The soft time limit in force: the configured one, or a margin under the hard limit."""
+        if self.job_soft_time_limit is not None:
+            return self.job_soft_time_limit
+        return soft_limit_for(self.job_time_limit)
 
     def replace(self, **changes: Any) -> Settings:
         return replace(self, **changes).validated()

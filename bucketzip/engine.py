@@ -10,6 +10,7 @@ exception, cancellation included, aborts the sink: the archive is published whol
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
@@ -25,10 +26,12 @@ from .errors import SourceMissing
 from .prefetch import Prefetcher
 from .selection import Entry, Selection, select
 from .spec import JobSpec
-from .stores import SinkOptions, Store, store_for
+from .stores import ObjectInfo, Published, Sink, SinkOptions, Store, store_for
+from .stores.base import JOB_TAG
 from .zipstage import ZipStage
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -110,23 +113,52 @@ def part_size_for(sel: Selection, settings: Settings) -> int:
     return max(settings.part_size, math.ceil(needed / MiB) * MiB)
 
 
+@dataclass(frozen=True)
+class Publication:
+    """How a queued run publishes: its archive is tagged with the job and the run, the commit is conditional
+    on the destination being as the run found it, and ``fence`` - a blocking call that raises to stop -
+    is passed right before the commit, with the result so far (all but the store's answer)."""
+
+    job_id: str
+    run: str
+    fence: Callable[[dict[str, Any]], None]
+
+
+class AlreadyPublished(Exception):
+    """The destination already holds this job's archive (made by an earlier run that died before it could
+    record it): nothing is made again. Carries what the store says of the object."""
+
+    def __init__(self, info: ObjectInfo) -> None:
+        super().__init__(info.location.url)
+        self.info = info
+
+
 async def build_archive(
     spec: JobSpec,
     settings: Settings,
     on_progress: Callable[[Progress], None] | None = None,
     stores: Callable[[str], Store] | None = None,
     on_upload: Callable[[str], None] | None = None,
+    publication: Publication | None = None,
 ) -> JobResult:
-    """Make the archive ``spec`` describes. Raises a BucketzipError; publishes nothing unless it returns."""
+    """Make the archive ``spec`` describes. Raises a BucketzipError; publishes nothing unless it returns.
+
+    ``on_progress`` only takes the latest numbers: it must not raise (a run is stopped by cancelling it)."""
     started = time.monotonic()
     stores = stores or (lambda protocol: store_for(protocol, settings))
-    sel = await select(spec, settings, stores)
+    dest_store = stores(spec.destination.protocol)
+    if publication is not None:
+        # The destination as this run finds it, looked up while the sources are listed.
+        sel, prior = await asyncio.gather(select(spec, settings, stores), dest_store.head(spec.destination))
+        if prior is not None and prior.metadata.get(JOB_TAG) == publication.job_id:
+            raise AlreadyPublished(prior)
+    else:
+        sel, prior = await select(spec, settings, stores), None
     if sel.missing and spec.on_missing == "fail":
         raise SourceMissing(sel.missing)
     skipped = [{"url": u, "reason": "not found"} for u in sel.missing] + sel.skipped
 
     part_size = part_size_for(sel, settings)
-    dest_store = stores(spec.destination.protocol)
     options = SinkOptions(
         storage_class=spec.storage_class,
         metadata=dict(spec.metadata),
@@ -134,36 +166,76 @@ async def build_archive(
         part_size=part_size,
         concurrency=settings.upload_concurrency,
         on_upload=on_upload,
+        tag=(publication.job_id, publication.run) if publication else None,
+        if_none_match=publication is not None and prior is None,
+        if_match=prior.etag if publication is not None and prior is not None else None,
     )
     tracker = _Tracker(sel, settings.progress_interval, on_progress)
     level = settings.compression_level if spec.compression_level is None else spec.compression_level
     sink = await dest_store.open_sink(spec.destination, options)
     try:
         written = await _pipeline(sel.entries, spec, settings, stores, sink.write, level, part_size, tracker, skipped)
-        published = await sink.commit()
+        result = JobResult(
+            destination=spec.destination.url,
+            size=0,
+            etag=None,
+            version_id=None,
+            entries=len(written),
+            input_bytes=sum(e.obj.size for e in written),
+            duration=0.0,
+            parts=0,
+            part_size=part_size,
+            storage_class=spec.storage_class,
+            job_id=spec.job_id,
+            skipped=skipped,
+            renamed=sel.renamed,
+        )
+        if publication is not None:
+            await asyncio.to_thread(publication.fence, result.to_dict())
     except BaseException:
         await asyncio.shield(sink.abort())
         raise
-    tracker.report(force=True)
-    url = None
-    if spec.presign_expires:
-        url = await dest_store.presign(spec.destination, published.version_id, spec.presign_expires)
-    return JobResult(
-        destination=spec.destination.url,
-        size=published.size,
-        etag=published.etag,
-        version_id=published.version_id,
-        entries=len(written),
-        input_bytes=sum(e.obj.size for e in written),
-        duration=round(time.monotonic() - started, 3),
-        parts=published.parts,
-        part_size=part_size,
-        storage_class=spec.storage_class,
-        url=url,
-        job_id=spec.job_id,
-        skipped=skipped,
-        renamed=sel.renamed,
+    published = await _commit(sink)
+    try:
+        tracker.report(force=True)
+    except Exception:  # the archive is published: a progress callback can no longer change the outcome
+        log.warning("the last progress report failed", exc_info=True)
+    result.size, result.etag, result.version_id, result.parts = (
+        published.size,
+        published.etag,
+        published.version_id,
+        published.parts,
     )
+    if spec.presign_expires:
+        result.url = await presign(spec, settings, published.version_id, stores)
+    result.duration = round(time.monotonic() - started, 3)
+    return result
+
+
+async def _commit(sink: Sink) -> Published:
+    """Commit, and see the commit through: once it has begun, being cancelled (a cancel, a time limit, a
+    worker shutting down) must neither abort the upload nor hide that the archive was published."""
+    commit = asyncio.ensure_future(sink.commit())
+    while True:
+        try:
+            return await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            if commit.done():
+                raise
+            continue
+        except BaseException:
+            await asyncio.shield(sink.abort())
+            raise
+
+
+async def presign(
+    spec: JobSpec, settings: Settings, version_id: str | None, stores: Callable[[str], Store] | None = None
+) -> str | None:
+    """A presigned GET URL of the archive, for ``presign_expires`` seconds (None when the job asks none)."""
+    if not spec.presign_expires:
+        return None
+    store = (stores or (lambda protocol: store_for(protocol, settings)))(spec.destination.protocol)
+    return await store.presign(spec.destination, version_id, spec.presign_expires)
 
 
 async def _pipeline(
@@ -263,15 +335,22 @@ class _Interrupted(Exception):
     """Wraps a KeyboardInterrupt or SystemExit raised on the IO loop (by a progress callback, say)."""
 
 
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+def run_sync(coro: Coroutine[Any, Any, T], bind: Callable[[Callable[[], None]], None] | None = None) -> T:
     """Run ``coro`` on the IO loop and wait. If the wait is interrupted (KeyboardInterrupt, Celery's
     SoftTimeLimitExceeded, any exception raised by a signal handler), cancel the coroutine and wait for its
-    cleanup - the upload's abort - before re-raising."""
+    cleanup - the upload's abort - before re-raising. ``bind``, if given, receives a function that cancels the
+    coroutine from any thread (how a heartbeat stops a run wherever it is: listing, reading or uploading).
+
+    A coroutine that still returned (it had begun to publish, which nothing interrupts) returns its value:
+    the archive exists, and saying so is the truth."""
     done = threading.Event()
+    box: dict[str, Any] = {}
 
     async def wrapper() -> T:
+        box["started"] = True
         try:
-            return await coro
+            value = box["value"] = await coro
+            return value
         except (KeyboardInterrupt, SystemExit) as exc:
             # asyncio re-raises these out of the event loop itself, which would kill the shared IO thread and
             # leave this caller waiting forever: carry them to the caller's thread instead.
@@ -280,6 +359,12 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
             done.set()
 
     future = asyncio.run_coroutine_threadsafe(wrapper(), _loop())
+    if bind is not None:
+
+        def cancel() -> None:
+            future.cancel()
+
+        bind(cancel)
     try:
         return future.result()
     except _Interrupted as exc:
@@ -287,7 +372,10 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         raise exc.__cause__ from None
     except BaseException:
         future.cancel()
-        done.wait(60)
+        if box.get("started"):  # a coroutine cancelled before it began has nothing to clean up
+            done.wait(60)
+        if "value" in box:
+            return box["value"]
         raise
 
 
@@ -296,10 +384,12 @@ def run_job(
     settings: Settings | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     on_upload: Callable[[str], None] | None = None,
+    publication: Publication | None = None,
+    bind: Callable[[Callable[[], None]], None] | None = None,
 ) -> JobResult:
     """Validate ``spec`` and make its archive in this process. The synchronous face of ``build_archive``."""
     settings = settings or Settings.from_env()
     if not isinstance(spec, JobSpec):
         spec = JobSpec.from_dict(spec, settings)
     tune_allocator(settings.malloc_arena_max)
-    return run_sync(build_archive(spec, settings, on_progress, on_upload=on_upload))
+    return run_sync(build_archive(spec, settings, on_progress, on_upload=on_upload, publication=publication), bind)

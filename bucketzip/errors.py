@@ -3,13 +3,16 @@
     BucketzipError
     ├── ConfigError             a setting has a value we cannot use
     ├── InvalidJob (ValueError) the job spec is wrong; names the field and the value
-    │   └── LimitExceeded       the job is over a configured limit
+    │   ├── LimitExceeded       the job is over a configured limit
+    │   └── JobConflict         a job with this job_id is already recorded with another spec
     ├── SourceMissing           objects the job names do not exist (on_missing=fail)
     ├── SourceChanged           an object changed or vanished while it was being read
     ├── SourceUnreadable        an object exists but cannot be read (archived in GLACIER, say)
     ├── AccessDenied            credentials may not read a source or write the destination
     ├── UploadFailed            the destination refused the archive
     ├── JobCancelled            somebody cancelled the job while it ran
+    ├── LeaseLost               another run took the job over; this one stopped and recorded nothing
+    ├── WorkerLost              the job's worker died under it too many times (out of memory, killed)
     ├── TransientError          throttling, 5xx, a dropped connection: worth retrying
     ├── UnknownJob (KeyError)   no job with this id is recorded
     └── JobStateError           the job is not in a state that allows this (retry a running job...)
@@ -50,6 +53,16 @@ class InvalidJob(BucketzipError, ValueError):
 
 class LimitExceeded(InvalidJob):
     """The job is over a configured limit (entries, input bytes, archive size)."""
+
+
+class JobConflict(InvalidJob):
+    """A job with this ``job_id`` is already recorded with a different spec: submitting it again would
+    silently return the first job and never make the second archive."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__("job_id", job_id, "is already recorded with a different spec; use a new job_id")
+        self.args = (job_id,)  # rebuilt from its arguments, like every error here
+        self.job_id = job_id
 
 
 class SourceMissing(BucketzipError):
@@ -117,6 +130,32 @@ class JobCancelled(BucketzipError):
 
     def __str__(self) -> str:
         return f"job {self.job_id} was cancelled"
+
+
+class LeaseLost(BucketzipError):
+    """This run lost the job's lease to another run (a stalled heartbeat, say): it stopped, published
+    nothing and recorded nothing; the run holding the lease goes on."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return f"job {self.job_id}: this run lost its lease to another run and stopped"
+
+
+class WorkerLost(BucketzipError):
+    """The job's worker died under it ``times`` times (out of memory, killed): it is not delivered again."""
+
+    def __init__(self, job_id: str, times: int) -> None:
+        super().__init__(job_id, times)
+        self.job_id, self.times = job_id, times
+
+    def __str__(self) -> str:
+        return (
+            f"job {self.job_id} failed: its worker was lost {self.times} times while running it "
+            "(killed, or out of memory); see BUCKETZIP_MAX_RUNS"
+        )
 
 
 class TransientError(BucketzipError):

@@ -37,6 +37,10 @@ STORAGE_CLASSES = (
 GLOB_CHARS = re.compile(r"[*?\[]")
 MAX_NAME_BYTES = 0xFFFF  # a ZIP name length is a 16-bit field
 MAX_METADATA_BYTES = 2048  # S3's limit on user metadata, keys and values together
+# A queued job's archive also carries its job id and run token (``bucketzip-job``, ``bucketzip-run``: at most
+# 13 + 128 + 13 + 32 bytes), so that a redelivered run can tell its own archive: users get the rest.
+TAG_PREFIX = "bucketzip-"
+RESERVED_METADATA_BYTES = 256
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -215,9 +219,16 @@ def _metadata(value: object) -> tuple[tuple[str, str], ...]:
             raise InvalidJob(f"metadata.{k}", v, "keys must be letters, digits, '-' and '_'")
         if not v.isascii() or _CONTROL.search(v):
             raise InvalidJob(f"metadata.{k}", v, "values must be printable ASCII (S3 sends them as headers)")
+        if k.lower().startswith(TAG_PREFIX):
+            raise InvalidJob(f"metadata.{k}", v, f"keys starting with {TAG_PREFIX!r} are bucketzip's own")
         size += len(k) + len(v)
-    if size > MAX_METADATA_BYTES:
-        raise LimitExceeded("metadata", size, f"over S3's {MAX_METADATA_BYTES} bytes of user metadata")
+    room = MAX_METADATA_BYTES - RESERVED_METADATA_BYTES
+    if size > room:
+        raise LimitExceeded(
+            "metadata",
+            size,
+            f"over {room} bytes of user metadata (S3 allows {MAX_METADATA_BYTES}; bucketzip tags the rest)",
+        )
     return tuple(sorted(value.items()))
 
 

@@ -1,38 +1,48 @@
-"""Thin Celery tasks: decode the spec, guard the run, call the engine, return the result dict.
+"""Thin Celery tasks: decode the spec, take the job's lease, run the engine, record the outcome.
 
-``bucketzip.zip`` guards each run with a lease in Redis (``registry.Lock``) on the job and on its destination,
-so a message delivered twice (a requeue after a crash, a visibility timeout) never runs twice at once. A
-delivery that finds the lease taken sends itself again a little later and steps aside; one that finds the job
-already succeeded returns the recorded result instead of making the archive again.
-
-While the engine runs, a heartbeat thread renews the lease, publishes the latest progress as state
-``PROGRESS``, and watches for a cancellation, which the engine's progress callback (on the IO thread, so it
-only reads a flag) raises as ``JobCancelled``: the engine then aborts the upload. The engine, and with it s3fs
-and the ZIP writer, is imported inside the task, so a producer that loads this module pays nothing for it.
+The states, the transitions and the lease are ``lifecycle``'s. Here is only how a Celery delivery maps onto
+them: a delivery that finds the job held by another run sends itself again a little later and steps aside; one
+that finds the job finished does nothing (or returns the recorded result); a run stopped because it lost its
+lease or because its worker is shutting down records nothing and hands its message back to the broker. The
+engine (s3fs, the ZIP writer) is imported inside the task, so a producer that loads this module pays nothing.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import threading
 import time
 from typing import Any
 
-from celery import Task, shared_task
-from celery.exceptions import Ignore
+from celery import Task, shared_task, signals
+from celery.exceptions import Ignore, Reject
 from celery.utils.log import get_task_logger
 
 from .config import Settings
-from .errors import InvalidJob, JobCancelled, TransientError
-from .registry import CANCELLED, FAILED, RETRYING, SUCCEEDED, Lock, Registry
+from .errors import InvalidJob, JobCancelled, LeaseLost, TransientError, WorkerLost
+from .lifecycle import (
+    CANCEL,
+    CANCELLED,
+    FAILED,
+    LEASE,
+    QUEUED,
+    RETRYING,
+    SHUTDOWN,
+    SUCCEEDED,
+    Heartbeat,
+    Lease,
+    Lifecycle,
+)
+from .registry import Registry, error_record
 from .spec import JobSpec
 from .worker import SWEEP_TASK_NAME, TASK_NAME, BucketzipCelery
 
 log = get_task_logger(__name__)
 
 PROGRESS = "PROGRESS"  # the Celery state a running job reports, with the Progress fields as its meta
-MIN_HEARTBEAT = 0.05  # seconds: the heartbeat never spins faster than this, whatever progress_interval says
 
 
 def _settings(task: Task) -> Settings:
@@ -52,130 +62,185 @@ def _settings(task: Task) -> Settings:
 def zip_job(self: Task, spec: dict[str, Any]) -> dict[str, Any]:
     """Make the archive ``spec`` (a JobSpec dict) describes; return the JobResult dict."""
     settings = _settings(self)
-    registry = Registry(settings)
+    life = Lifecycle(Registry(settings))
     job_id: str = self.request.id
     try:
         parsed = JobSpec.from_dict(spec, settings)
     except InvalidJob as exc:  # not worth a retry: fail at once, saying which field is wrong
-        registry.failed(job_id, exc, FAILED)
+        life.settle(job_id, FAILED, {"error": json.dumps(error_record(exc))})
         raise
-    destination = parsed.destination.url
-
-    done = _finished(registry, job_id)
-    if done is not None:
-        return done
-    if registry.cancel_requested(job_id):
-        cancelled = JobCancelled(job_id)
-        registry.failed(job_id, cancelled, CANCELLED)
-        raise cancelled
-    lock = registry.lock(job_id, destination)
-    if not lock.acquire():
-        _step_aside(self, spec, settings)
+    lease = life.lease(job_id, parsed.destination.url)
+    if not lease.acquire():
+        _step_aside(self, life, spec, settings)
     try:
-        done = _finished(registry, job_id)  # it may have ended while we waited for the lock
-        if done is not None:
-            return done
-        registry.started(job_id, spec, destination, f"{socket.gethostname()}:{os.getpid()}")
-        return _run(self, registry, lock, parsed, job_id, settings)
+        start = life.start(job_id, spec, parsed.destination.url, f"{socket.gethostname()}:{os.getpid()}", lease)
+        if start.run:
+            return _run(self, life, lease, parsed, job_id)
+        if start.state == SUCCEEDED and start.result is not None:
+            log.info("job %s already succeeded; returning the recorded result", job_id)
+            return start.result
+        if start.state == CANCELLED:
+            raise JobCancelled(job_id)
+        if start.state == FAILED and start.lost:
+            raise WorkerLost(job_id, start.lost)
+        raise Ignore()  # finished already: the backend keeps what that run stored
     finally:
-        lock.release()
+        lease.release()
 
 
-def _finished(registry: Registry, job_id: str) -> dict[str, Any] | None:
-    job = registry.get(job_id)
-    if job is None:
-        return None
-    if job.state == SUCCEEDED and job.result is not None:
-        log.info("job %s already succeeded; returning the recorded result", job_id)
-        return job.result
-    return None
-
-
-def _step_aside(task: Task, spec: dict[str, Any], settings: Settings) -> None:
-    """Another delivery holds the job (or its destination). Send this message again after half a lease, so
-    that if the holder dies the job still runs, and leave the result backend's state to the holder."""
+def _step_aside(task: Task, life: Lifecycle, spec: dict[str, Any], settings: Settings) -> None:
+    """Another run holds the job (or its destination). Send this message again after half a lease, so that if
+    the holder dies the job still runs, and leave the result backend's state to the holder."""
+    job = life.registry.get(task.request.id)
+    if job is not None and job.state in (SUCCEEDED, FAILED, CANCELLED):
+        raise Ignore()
     delay = max(1.0, settings.lock_ttl / 2)
     log.info("job %s is held by another run; looking again in %.0fs", task.request.id, delay)
     task.apply_async(args=[spec], task_id=task.request.id, countdown=delay, retries=task.request.retries)
     raise Ignore()
 
 
-def _run(task: Task, registry: Registry, lock: Lock, spec: JobSpec, job_id: str, settings: Settings) -> dict[str, Any]:
-    from .engine import Progress, run_job
+def _run(task: Task, life: Lifecycle, lease: Lease, spec: JobSpec, job_id: str) -> dict[str, Any]:
+    from .engine import AlreadyPublished, Publication, run_job
 
-    heartbeat = Heartbeat(task, registry, lock, job_id, settings)
+    registry = life.registry
 
-    def on_progress(p: Progress) -> None:
-        # Runs on the engine's IO thread: store and check a flag, nothing more.
-        heartbeat.latest = p.to_dict()
-        if heartbeat.cancelled.is_set():
-            raise JobCancelled(job_id)
+    def publish(progress: dict[str, Any]) -> None:
+        task.update_state(task_id=job_id, state=PROGRESS, meta=progress)
 
     def on_upload(upload_id: str) -> None:
         registry.upload_started(job_id, spec.destination.url, upload_id)
 
+    hostname = task.request.hostname or ""
+    heartbeat = Heartbeat(life, lease, job_id, publish, lambda: shutting_down(registry, hostname))
     heartbeat.start()
     try:
-        result = run_job(spec, settings, on_progress, on_upload).to_dict()
-    except JobCancelled as exc:
-        registry.failed(job_id, exc, CANCELLED)
-        raise
-    except TransientError as exc:
-        retries_left = task.request.retries < (task.max_retries or 0)
-        registry.failed(job_id, exc, RETRYING if retries_left else FAILED)
-        raise  # autoretry_for sends it again with backoff, or fails it
+        publication = Publication(job_id, lease.token, heartbeat.fence)
+        try:
+            result = run_job(spec, life.registry.settings, heartbeat.progress, on_upload, publication, heartbeat.bind)
+            result_dict = result.to_dict()
+        except AlreadyPublished as found:
+            result_dict = _recorded(registry, job_id, spec, found.info)
     except BaseException as exc:
-        registry.failed(job_id, exc, FAILED)
+        _record_failure(task, life, lease, job_id, exc, heartbeat.stop_reason)
         raise
     finally:
         heartbeat.stop()
-    result["job_id"] = result.get("job_id") or job_id
-    registry.succeeded(job_id, result)
+    result_dict["job_id"] = result_dict.get("job_id") or job_id
+    upload_id = registry.redis.hget(registry.key("job", job_id), "upload_id")
+    recorded = life.finish(
+        job_id,
+        lease,
+        SUCCEEDED,
+        {"result": json.dumps(result_dict)},
+        lambda pipe: registry.add_archive(pipe, job_id, result_dict, upload_id),
+    )
+    if not recorded:
+        log.warning("job %s published, but another run holds its record now", job_id)
+    return result_dict
+
+
+def _record_failure(
+    task: Task, life: Lifecycle, lease: Lease, job_id: str, exc: BaseException, reason: str | None
+) -> None:
+    """Record why a run ended without an archive, if the job is still this run's; raise Ignore or Reject
+    instead when the outcome belongs to another run or to a later delivery."""
+    if reason == SHUTDOWN:
+        life.finish(job_id, lease, QUEUED, {})
+        log.warning("job %s: the worker is shutting down; its upload was aborted and it is queued again", job_id)
+        raise Reject(exc, requeue=True) from exc
+    if reason == LEASE or isinstance(exc, LeaseLost):
+        # Another run holds the job, or this one cannot tell: hand the message back. A later delivery steps
+        # aside while the job is held, and does nothing once it has ended.
+        raise Reject(LeaseLost(job_id), requeue=True) from exc
+    if reason == CANCEL or isinstance(exc, JobCancelled):
+        exc, state = JobCancelled(job_id), CANCELLED
+    elif isinstance(exc, TransientError):
+        retries_left = task.request.retries < (task.max_retries or 0)
+        state = RETRYING if retries_left else FAILED
+    else:
+        state = FAILED
+    if not life.finish(job_id, lease, state, {"error": json.dumps(error_record(exc))}):
+        raise Ignore() from exc  # no longer this run's job: store nothing over the run that holds it
+    if isinstance(exc, JobCancelled):
+        raise exc
+
+
+def _recorded(registry: Registry, job_id: str, spec: JobSpec, info: Any) -> dict[str, Any]:
+    """The result of a job whose archive an earlier run published and could not record: what that run noted
+    at its fence, with what the store says of the object now."""
+    from .engine import presign, run_sync
+    from .stores.base import RUN_TAG
+
+    job = registry.get(job_id)
+    mark = json.loads(job.publishing) if job is not None and job.publishing else {}
+    result = dict(mark.get("result") or {}) if mark.get("run") == info.metadata.get(RUN_TAG) else {}
+    result.update(destination=spec.destination.url, size=info.size, etag=info.etag, version_id=info.version_id)
+    result.setdefault("storage_class", spec.storage_class)
+    result["url"] = run_sync(presign(spec, registry.settings, info.version_id))
+    log.info("job %s: its archive was already published by an earlier run; recording it", job_id)
     return result
 
 
-class Heartbeat(threading.Thread):
-    """While a job runs: renew its lease, publish its progress, notice a cancellation."""
+# --- a worker shutting down hands its running jobs back ---
 
-    def __init__(self, task: Task, registry: Registry, lock: Lock, job_id: str, settings: Settings) -> None:
-        super().__init__(name=f"bucketzip-heartbeat-{job_id}", daemon=True)
-        self.task, self.registry, self.lock, self.job_id = task, registry, lock, job_id
-        self.interval = max(settings.progress_interval, MIN_HEARTBEAT)
-        self.renew_every = settings.lock_ttl / 3
-        self.latest: dict[str, Any] | None = None
-        self.cancelled = threading.Event()
-        self._halt = threading.Event()
+_shutdown = threading.Event()
 
-    def run(self) -> None:
-        published: dict[str, Any] | None = None
-        renewed = time.monotonic()
-        while not self._halt.wait(self.interval):
-            try:
-                if time.monotonic() - renewed >= self.renew_every:
-                    renewed = time.monotonic()
-                    if not self.lock.renew():
-                        log.warning("job %s lost its lock; cancelling this run", self.job_id)
-                        self.cancelled.set()
-                if self.registry.cancel_requested(self.job_id):
-                    self.cancelled.set()
-                latest = self.latest
-                if latest is not None and latest is not published and not self._halt.is_set():
-                    self.task.update_state(task_id=self.job_id, state=PROGRESS, meta=latest)
-                    published = latest
-            except Exception:  # a Redis blip must not kill the heartbeat; the next beat tries again
-                log.warning("job %s: heartbeat failed", self.job_id, exc_info=True)
 
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
+def shutting_down(registry: Registry, hostname: str) -> bool:
+    """True once this process, or the worker it belongs to, is shutting down."""
+    return _shutdown.is_set() or bool(hostname and registry.redis.exists(registry.key("shutdown", hostname)))
+
+
+@signals.worker_shutting_down.connect
+def _on_shutting_down(sender: Any = None, **_: Any) -> None:
+    # In the main process: a warm shutdown (SIGTERM, a deploy) waits for running jobs, and after the grace
+    # period kills them, leaving their uploads for the sweep. Tell them to stop now (prefork children read the
+    # flag in Redis at their next heartbeat): they abort their uploads and go back to the queue.
+    _shutdown.set()
+    settings = _current_settings()
+    if settings is not None and sender:
+        try:
+            registry = Registry(settings)
+            registry.redis.set(registry.key("shutdown", str(sender)), "1", ex=max(60, settings.job_time_limit))
+        except Exception:
+            log.warning("could not tell running jobs that the worker is shutting down", exc_info=True)
+
+
+@signals.worker_ready.connect
+def _on_ready(sender: Any = None, **_: Any) -> None:
+    _shutdown.clear()
+    settings = _current_settings()
+    hostname = getattr(sender, "hostname", None)
+    if settings is not None and hostname:
+        registry = Registry(settings)
+        registry.redis.delete(registry.key("shutdown", hostname))  # a worker restarted under the same name
+
+
+@signals.worker_process_init.connect
+def _on_process_init(**_: Any) -> None:
+    # A prefork child that gets SIGTERM itself (systemd and some supervisors signal the whole process group)
+    # stops its job cleanly instead of dying with its upload open.
+    signal.signal(signal.SIGTERM, lambda signum, frame: _shutdown.set())
+
+
+def _current_settings() -> Settings | None:
+    from celery import current_app
+
+    app = current_app._get_current_object()
+    return app.settings if isinstance(app, BucketzipCelery) else None
+
+
+# --- the sweep ---
 
 
 @shared_task(bind=True, name=SWEEP_TASK_NAME, acks_late=True)
-def sweep(self: Task) -> dict[str, Any]:
-    """Abort stale multipart uploads that belong to no running job; trim the job records."""
+def sweep(self: Task, now: float | None = None) -> dict[str, Any]:
+    """Abort stale multipart uploads that belong to no running job; trim the job records. ``now`` (Unix
+    time, default the present) is the moment ages are measured from."""
     settings = _settings(self)
     registry = Registry(settings)
-    report = sweep_uploads(settings, registry)
+    report = sweep_uploads(settings, registry, now)
     report["trimmed"] = registry.trim()
     return report
 

@@ -66,9 +66,11 @@ def make_app(settings: Settings | None = None, main: str = "bucketzip") -> Bucke
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_track_started=True,
+        # No STARTED state: the registry records ``running``, and a delivery that steps aside or finds its job
+        # finished must leave the result backend to the run that owns the job.
+        task_track_started=False,
         task_time_limit=settings.job_time_limit,
-        task_soft_time_limit=settings.job_soft_time_limit,
+        task_soft_time_limit=settings.soft_time_limit,
         broker_transport_options=broker_options,
         result_backend_transport_options=backend_options,
         result_expires=settings.job_retention,

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from bucketzip.errors import JobCancelled, SourceMissing, TransientError
+from bucketzip.lifecycle import Lifecycle
 from bucketzip.registry import CANCELLED, FAILED, RETRIED, RUNNING, SUCCEEDED, Registry
 from bucketzip.tasks import sweep_uploads
 from tests.helpers import fetch_archive, keys, open_uploads
@@ -64,6 +65,17 @@ def wait_until(predicate: Any, what: str, timeout: float = 60) -> Any:
             return value
         time.sleep(0.01)
     raise AssertionError(f"gave up waiting for {what}")
+
+
+def scheduled(client: Any) -> set[str]:
+    """Ids of the messages the workers hold for later (a countdown)."""
+    found = client.app.control.inspect(timeout=0.5).scheduled() or {}
+    return {t["request"]["id"] for tasks in found.values() for t in tasks}
+
+
+def active(client: Any) -> set[str]:
+    found = client.app.control.inspect(timeout=0.5).active() or {}
+    return {t["id"] for tasks in found.values() for t in tasks}
 
 
 def corpus_spec(bucket: str, out_bucket: str, key: str = "out.zip", **extra: Any) -> dict[str, Any]:
@@ -204,13 +216,12 @@ def test_a_held_job_waits_for_its_lock_and_runs_once(
     bucket = make_bucket()
     s3.put_object(Bucket=bucket, Key="a.txt", Body=b"alpha")
     job_id = f"held-{uuid.uuid4().hex}"
-    registry = Registry(queue_settings)
-    other = registry.lock(job_id, f"s3://{bucket}/a.zip")  # as if another worker were running it
+    other = Lifecycle(Registry(queue_settings)).lease(job_id, f"s3://{bucket}/a.zip")  # another worker runs it
     assert other.acquire()
     handle = client.submit(
         {"sources": [f"s3://{bucket}/a.txt"], "destination": f"s3://{bucket}/a.zip", "job_id": job_id}
     )
-    time.sleep(1.0)  # give the worker time to receive it and step aside (no assertion depends on timing)
+    wait_until(lambda: job_id in scheduled(client), "the delivery to step aside and send itself again later")
     assert client.status(job_id).runs == 0 and keys(s3, bucket) == ["a.txt"]
     other.release()
     handle.wait(60)
@@ -229,7 +240,8 @@ def test_a_job_delivered_twice_concurrently_runs_once(
     # The same message again, as after a visibility timeout: the second worker thread takes it at once.
     client._publish([(handle.id, corpus_spec(bucket, out, compression="store"), f"s3://{out}/out.zip")])
     result = handle.wait(120)
-    time.sleep(3)  # the second delivery looks again after lock_ttl/2 = 2s and finds the job done
+    # The second delivery stepped aside; it looks again after lock_ttl/2 and finds the job done.
+    wait_until(lambda: handle.id not in scheduled(client) | active(client), "the second delivery to end")
     job = client.status(handle.id)
     assert job.state == SUCCEEDED and job.runs == 1
     versions = s3.list_object_versions(Bucket=out).get("Versions", [])
@@ -281,24 +293,24 @@ def test_sweep_aborts_stale_uploads_of_no_running_job(
     mine = s3.create_multipart_upload(Bucket=bucket, Key="dead.zip")["UploadId"]
     live = s3.create_multipart_upload(Bucket=bucket, Key="live.zip")["UploadId"]
     theirs = s3.create_multipart_upload(Bucket=bucket, Key="other-tool.bin")["UploadId"]
-    registry.started("dead-job", {}, f"s3://{bucket}/dead.zip", "w")
     registry.upload_started("dead-job", f"s3://{bucket}/dead.zip", mine)
-    registry.started("live-job", {}, f"s3://{bucket}/live.zip", "w")
     registry.upload_started("live-job", f"s3://{bucket}/live.zip", live)
-    lock = registry.lock("live-job", f"s3://{bucket}/live.zip")
+    registry.redis.sadd(registry.key("buckets"), bucket)
+    lock = Lifecycle(registry).lease("live-job", f"s3://{bucket}/live.zip")
     assert lock.acquire()
+    later = time.time() + queue_settings.stale_upload_age + 1  # the uploads have gone stale by then
     try:
         # Through the worker, as beat would send it.
-        report = client.app.send_task("bucketzip.sweep").get(timeout=60)
+        report = client.app.send_task("bucketzip.sweep", kwargs={"now": later}).get(timeout=60)
         assert report["aborted"] == [f"s3://{bucket}/dead.zip"] and report["kept_running"] == 1
         assert {u["UploadId"] for u in open_uploads(s3, bucket)} == {live, theirs}
         # Buckets named explicitly are bucketzip's alone: every stale upload there goes, except a live one.
-        report = sweep_uploads(queue_settings.replace(sweep_buckets=frozenset({bucket})), registry)
+        report = sweep_uploads(queue_settings.replace(sweep_buckets=frozenset({bucket})), registry, later)
         assert report["aborted"] == [f"s3://{bucket}/other-tool.bin"]
         assert {u["UploadId"] for u in open_uploads(s3, bucket)} == {live}
     finally:
         lock.release()
-    assert sweep_uploads(queue_settings, registry)["aborted"] == [f"s3://{bucket}/live.zip"]
+    assert sweep_uploads(queue_settings, registry, later)["aborted"] == [f"s3://{bucket}/live.zip"]
     assert open_uploads(s3, bucket) == []
 
 

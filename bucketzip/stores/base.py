@@ -37,6 +37,8 @@ class ObjectInfo:
     modified: datetime
     etag: str | None = None  # read with If-Match, so an overwrite mid-job is caught
     version_id: str | None = None
+    # User metadata, where a HEAD said it (a listing does not): how a run recognises an archive it made.
+    metadata: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,19 @@ class SinkOptions:
     concurrency: int = 3
     # Called with the multipart upload id once one is created (the queue records it for the sweeper).
     on_upload: Callable[[str], None] | None = None
+    # (job id, run token): tagged on the archive as metadata, so that the store's answer to a retried or
+    # conditional commit can be checked against the destination (was it this run that published?).
+    tag: tuple[str, str] | None = None
+    # Publish only if the destination is still as the run found it: absent (if_none_match), or this ETag.
+    if_none_match: bool = False
+    if_match: str | None = None
+
+
+JOB_TAG, RUN_TAG = "bucketzip-job", "bucketzip-run"  # the metadata keys of SinkOptions.tag
+
+
+def tag_metadata(tag: tuple[str, str] | None) -> dict[str, str]:
+    return {JOB_TAG: tag[0], RUN_TAG: tag[1]} if tag else {}
 
 
 @dataclass(frozen=True)

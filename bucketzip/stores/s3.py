@@ -112,7 +112,8 @@ class S3Store:
             if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise translate(exc, loc.url, "read") from exc
-        return ObjectInfo(loc, r["ContentLength"], r["LastModified"], r.get("ETag"), r.get("VersionId"))
+        metadata = {k.lower(): v for k, v in r.get("Metadata", {}).items()}
+        return ObjectInfo(loc, r["ContentLength"], r["LastModified"], r.get("ETag"), r.get("VersionId"), metadata)
 
     async def list(self, loc: Location) -> AsyncIterator[ObjectInfo]:
         s3 = await self.client(loc.bucket)

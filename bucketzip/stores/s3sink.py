@@ -16,10 +16,16 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from ..errors import LeaseLost, UploadFailed
 from ..spec import Location
-from .base import Published, SinkOptions, error_code, translate
+from .base import JOB_TAG, RUN_TAG, Published, SinkOptions, error_code, tag_metadata, translate
 
 ABORT_ATTEMPTS = 3  # S3 may need an abort repeated before every part is freed
+# What a commit may be answered when it did not fail: the conditional write found the destination changed
+# (by another run of the same job, maybe), or botocore retried a Complete whose first answer was lost and the
+# store no longer knows the (completed) upload. The destination itself tells which.
+_CHECK_DESTINATION = {"PreconditionFailed", "412", "NoSuchUpload", "ConditionalRequestConflict"}
+_UNSUPPORTED = {"NotImplemented", "501"}  # a store without conditional writes
 
 
 def abort_upload(client: Any, bucket: str, key: str, upload_id: str) -> None:
@@ -60,8 +66,9 @@ class S3Sink:
         args: dict[str, Any] = {"Bucket": self.dest.bucket, "Key": self.dest.key, "ContentType": o.content_type}
         if o.storage_class:
             args["StorageClass"] = o.storage_class
-        if o.metadata:
-            args["Metadata"] = dict(o.metadata)
+        metadata = {**o.metadata, **tag_metadata(o.tag)}
+        if metadata:
+            args["Metadata"] = metadata
         if o.content_disposition:
             args["ContentDisposition"] = o.content_disposition
         return args
@@ -129,10 +136,15 @@ class S3Sink:
         if self._failure is not None:
             raise self._failure
 
+    def _conditions(self) -> dict[str, str]:
+        if self.options.if_none_match:
+            return {"IfNoneMatch": "*"}
+        return {"IfMatch": self.options.if_match} if self.options.if_match else {}
+
     async def commit(self) -> Published:
         self._check()
         if self.upload_id is None:
-            r = await self._call(self.client.put_object, Body=bytes(self._buffer), **self._object_args())
+            publish = functools.partial(self.client.put_object, Body=bytes(self._buffer), **self._object_args())
         else:
             if self._buffer:  # the final part may be smaller than the others
                 await self._submit(bytes(self._buffer))
@@ -142,14 +154,50 @@ class S3Sink:
             await asyncio.sleep(0)  # let the last _uploaded callbacks run
             self._check()
             parts = [{"PartNumber": n, "ETag": e} for n, e in sorted(self._parts.items())]
-            r = await self._call(
+            publish = functools.partial(
                 self.client.complete_multipart_upload,
                 Bucket=self.dest.bucket,
                 Key=self.dest.key,
                 UploadId=self.upload_id,
                 MultipartUpload={"Parts": parts},
             )
+        loop = asyncio.get_running_loop()
+        r = await loop.run_in_executor(self.pool, self._publish, publish)
         self._closed = True
+        return self._published(r)
+
+    def _publish(self, publish: Callable[..., Any]) -> dict[str, Any]:  # on a pool thread
+        conditions = self._conditions()
+        try:
+            try:
+                result: dict[str, Any] = publish(**conditions)
+                return result
+            except Exception as exc:
+                if not conditions or error_code(exc) not in _UNSUPPORTED:
+                    raise
+                return dict(publish())  # the store has no conditional writes: the lease alone fences
+        except Exception as exc:
+            if error_code(exc) not in _CHECK_DESTINATION:
+                raise translate(exc, self.dest.url, "write") from exc
+            return self._resolve(exc)
+
+    def _resolve(self, exc: Exception) -> dict[str, Any]:
+        """The store refused or forgot the commit: see whether the destination holds this run's archive."""
+        try:
+            head = self.client.head_object(Bucket=self.dest.bucket, Key=self.dest.key)
+        except Exception:
+            raise translate(exc, self.dest.url, "write") from exc
+        metadata = {k.lower(): v for k, v in head.get("Metadata", {}).items()}
+        tag = self.options.tag
+        if tag and metadata.get(RUN_TAG) == tag[1] and head.get("ContentLength") == self._size:
+            return {"ETag": head.get("ETag"), "VersionId": head.get("VersionId")}  # it was ours: published
+        if tag and metadata.get(JOB_TAG) == tag[0]:
+            raise LeaseLost(tag[0]) from exc  # another run of this job published it: this one records nothing
+        raise UploadFailed(
+            self.dest.url, f"{error_code(exc)}: the destination was written by someone else while the job ran"
+        ) from exc
+
+    def _published(self, r: dict[str, Any]) -> Published:
         version = r.get("VersionId")
         if version == "null":  # how some stores say "this bucket is not versioned"
             version = None
