@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from bucketzip.config import MAX_PARTS, MIN_PART_SIZE, Settings
-from bucketzip.engine import Progress, part_size_for, run_job
-from bucketzip.errors import InvalidJob, LimitExceeded, SourceChanged, SourceMissing
+from bucketzip.engine import AlreadyPublished, Progress, Publication, part_size_for, run_job
+from bucketzip.errors import InvalidJob, JobCancelled, LimitExceeded, SourceChanged, SourceMissing
 from bucketzip.selection import Entry, Selection
 from bucketzip.spec import Location, check_entry_name
 from bucketzip.stores.base import ObjectInfo
@@ -551,3 +551,56 @@ def test_version_id_is_the_archives_version(
     # An unversioned bucket has no version to report (some stores answer the string "null").
     unversioned = run_job({"sources": [f"s3://{src}/blob.bin"], "destination": f"s3://{plain}/a.zip"}, tuned)
     assert unversioned.version_id is None
+
+
+# --- publication: the fence, and nothing after the commit changes the outcome ---
+
+
+def test_a_progress_callback_failing_after_the_commit_does_not_hide_the_archive(
+    twenty: tuple[str, str, dict[str, bytes]], s3: Any, settings: Settings
+) -> None:
+    """The queue's old progress callback raised JobCancelled from the report made after the commit: the
+    archive was published while the job was recorded cancelled."""
+    src, dest, objects = twenty
+
+    def on_progress(p: Progress) -> None:
+        if p.files_done == p.files_total:
+            raise JobCancelled("j1")  # a cancel that arrives as the job ends
+
+    quiet = settings.replace(progress_interval=3600.0)  # only the first report and the final one
+    result = run_job(job(src, dest), quiet, on_progress)
+    assert result.entries == 20
+    fetch_archive(s3, dest, "out.zip", {k.removeprefix("src/"): v for k, v in objects.items()})
+
+
+def test_a_run_stopped_at_the_fence_publishes_nothing(
+    twenty: tuple[str, str, dict[str, bytes]], s3: Any, settings: Settings
+) -> None:
+    src, dest, _ = twenty
+    seen: list[dict[str, Any]] = []
+
+    def fence(pending: dict[str, Any]) -> None:
+        seen.append(pending)
+        raise JobCancelled("j1")
+
+    with pytest.raises(JobCancelled):
+        run_job(job(src, dest), settings, publication=Publication("j1", "run-1", fence))
+    assert seen and seen[0]["entries"] == 20 and seen[0]["input_bytes"] == 20 * MiB
+    nothing_written(s3, dest)
+
+
+def test_a_run_finds_its_jobs_archive_already_published(
+    twenty: tuple[str, str, dict[str, bytes]], s3: Any, settings: Settings
+) -> None:
+    src, dest, _ = twenty
+    run_job(job(src, dest), settings, publication=Publication("j1", "run-1", lambda pending: None))
+    head = s3.head_object(Bucket=dest, Key="out.zip")
+    assert head["Metadata"] == {"bucketzip-job": "j1", "bucketzip-run": "run-1"}
+    with pytest.raises(AlreadyPublished) as found:
+        run_job(job(src, dest), settings, publication=Publication("j1", "run-2", lambda pending: None))
+    assert found.value.info.etag == head["ETag"] and found.value.info.metadata["bucketzip-run"] == "run-1"
+    # Another job writing the same key goes ahead, and overwrites it only as it found it (If-Match).
+    result = run_job(job(src, dest), settings, publication=Publication("j2", "run-1", lambda pending: None))
+    assert result.entries == 20
+    assert s3.head_object(Bucket=dest, Key="out.zip")["Metadata"]["bucketzip-job"] == "j2"
+    assert open_uploads(s3, dest) == []

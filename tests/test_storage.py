@@ -22,6 +22,7 @@ from bucketzip.devserver import moto_server
 from bucketzip.engine import run_sync
 from bucketzip.errors import (
     AccessDenied,
+    LeaseLost,
     SourceChanged,
     SourceMissing,
     SourceUnreadable,
@@ -412,3 +413,68 @@ def test_local_store_reads_and_lists(tmp_path: Path) -> None:
     assert [(o.location.path, o.size) for o in listed] == [(f"{tmp_path}/d/a.bin", 200_000), (f"{tmp_path}/d/b.bin", 0)]
     assert b"".join(chunks) == b"a" * 200_000 and len(chunks) == 4
     assert missing is None
+
+
+# --- publication: tagged, conditional, and resolved against the destination when the store forgets ---
+
+
+def publish(settings: Settings, dest: Location, data: bytes, options: SinkOptions) -> Published:
+    async def go() -> Published:
+        sink = await store_for("s3", settings).open_sink(dest, options)
+        try:
+            await sink.write(data)
+            return await sink.commit()
+        except BaseException:
+            await sink.abort()
+            raise
+
+    return run_sync(go())
+
+
+@pytest.mark.parametrize("size", [100, 6 * MiB], ids=["single PUT", "multipart"])
+def test_a_conditional_commit_that_finds_its_own_archive_is_a_success(
+    make_bucket: Callable[[], str], s3: Any, settings: Settings, size: int
+) -> None:
+    """As after a lost answer: the store says the precondition failed (or the upload is gone), and the
+    destination holds this very run's archive. That is a publication, not a failure."""
+    b = make_bucket()
+    dest = Location("s3", b, "out.zip")
+    data = os.urandom(size)
+    tagged = SinkOptions(part_size=5 * MiB, tag=("job-1", "run-a"))
+    first = publish(settings, dest, data, tagged)
+    again = publish(settings, dest, data, SinkOptions(part_size=5 * MiB, tag=("job-1", "run-a"), if_none_match=True))
+    assert again.etag == first.etag and again.size == size
+    head = s3.head_object(Bucket=b, Key="out.zip")
+    assert head["Metadata"] == {"bucketzip-job": "job-1", "bucketzip-run": "run-a"}
+    assert open_uploads(s3, b) == []
+
+
+def test_another_run_of_the_same_job_published_first(
+    make_bucket: Callable[[], str], s3: Any, settings: Settings
+) -> None:
+    b = make_bucket()
+    dest = Location("s3", b, "out.zip")
+    publish(settings, dest, b"first", SinkOptions(tag=("job-1", "run-a")))
+    with pytest.raises(LeaseLost):
+        publish(settings, dest, b"second", SinkOptions(tag=("job-1", "run-b"), if_none_match=True))
+    assert s3.get_object(Bucket=b, Key="out.zip")["Body"].read() == b"first"  # published once
+    assert open_uploads(s3, b) == []
+
+
+def test_a_destination_written_by_someone_else_meanwhile_fails_the_job(
+    make_bucket: Callable[[], str], s3: Any, settings: Settings
+) -> None:
+    b = make_bucket()
+    dest = Location("s3", b, "out.zip")
+    s3.put_object(Bucket=b, Key="out.zip", Body=b"theirs")
+    with pytest.raises(UploadFailed, match="written by someone else"):
+        publish(settings, dest, os.urandom(6 * MiB), SinkOptions(part_size=5 * MiB, tag=("j", "r"), if_none_match=True))
+    assert s3.get_object(Bucket=b, Key="out.zip")["Body"].read() == b"theirs"
+    assert open_uploads(s3, b) == []
+
+
+def test_head_reports_user_metadata(make_bucket: Callable[[], str], s3: Any, settings: Settings) -> None:
+    b = make_bucket()
+    s3.put_object(Bucket=b, Key="k", Body=b"x", Metadata={"Bucketzip-Job": "j1"})
+    info = run_sync(store_for("s3", settings).head(Location("s3", b, "k")))
+    assert info is not None and info.metadata == {"bucketzip-job": "j1"}

@@ -190,6 +190,8 @@ class S3Sink:
         metadata = {k.lower(): v for k, v in head.get("Metadata", {}).items()}
         tag = self.options.tag
         if tag and metadata.get(RUN_TAG) == tag[1] and head.get("ContentLength") == self._size:
+            if self.upload_id is not None:  # completed already (its answer was lost): this only confirms it
+                abort_upload(self.client, self.dest.bucket, self.dest.key, self.upload_id)
             return {"ETag": head.get("ETag"), "VersionId": head.get("VersionId")}  # it was ours: published
         if tag and metadata.get(JOB_TAG) == tag[0]:
             raise LeaseLost(tag[0]) from exc  # another run of this job published it: this one records nothing
