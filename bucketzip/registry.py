@@ -122,13 +122,24 @@ _clients: dict[tuple[int, str], redis.Redis] = {}
 _clients_lock = threading.Lock()
 
 
+CONNECT_TIMEOUT = 5.0  # seconds to reach Redis: a producer facing a dead Redis says so instead of hanging
+COMMAND_TIMEOUT = 30.0  # seconds for one command or pipeline (a batch of 1,000 jobs takes milliseconds)
+
+
 def redis_client(url: str) -> redis.Redis:
-    """One connection pool per URL per process (a pool made before a fork is not reused after it)."""
+    """One connection pool per URL per process (a pool made before a fork is not reused after it). Every call
+    times out; the lease path uses a client of its own with shorter timeouts (``lifecycle.lease_client``)."""
     key = (os.getpid(), url)
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
-            client = _clients[key] = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+            client = _clients[key] = redis.Redis.from_url(
+                url,
+                decode_responses=True,
+                health_check_interval=30,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                socket_timeout=COMMAND_TIMEOUT,
+            )
         return client
 
 

@@ -13,7 +13,7 @@ import redis
 
 import bucketzip
 import bucketzip.client
-from bucketzip.errors import InvalidJob, JobStateError, UnknownJob
+from bucketzip.errors import InvalidJob, JobConflict, JobStateError, UnknownJob
 from bucketzip.registry import QUEUED, SUCCEEDED
 from tests.conftest import queue_env
 from tests.helpers import fetch_archive
@@ -49,6 +49,25 @@ def test_a_job_id_is_submitted_once(client: Any, queue_settings: Any) -> None:
     again = client.submit({**small_spec("bkt", 0), "job_id": "order-42"})
     assert first.id == again.id == "order-42"
     assert queue_length(queue_settings) == 1 and len(client.jobs()) == 1
+
+
+def test_the_same_job_id_with_another_spec_is_a_conflict(client: Any, queue_settings: Any) -> None:
+    client.submit({**small_spec("bkt", 0), "job_id": "order-43"})
+    with pytest.raises(JobConflict) as caught:
+        client.submit({**small_spec("bkt", 1), "job_id": "order-43"})
+    assert (
+        caught.value.field == "job_id" and "'order-43'" in str(caught.value) and "different spec" in str(caught.value)
+    )
+    batch = client.submit_many(
+        [
+            {**small_spec("bkt", 2), "job_id": "fresh-1"},
+            {**small_spec("bkt", 3), "job_id": "order-43"},
+            small_spec("bkt", 4),
+        ]
+    )
+    assert [(i, type(e).__name__) for i, e in batch.invalid] == [(1, "JobConflict")]
+    assert len(batch.accepted) == 2 and queue_length(queue_settings) == 3  # the conflict queued nothing
+    assert client.status("order-43").spec["destination"] == "s3://bkt/out/0.zip"
 
 
 def test_bulk_500_jobs_in_one_call_all_succeed(worker: Any, client: Any, s3: Any, make_bucket: Any) -> None:

@@ -229,3 +229,8 @@ def test_served_over_tcp_by_fakeredis() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_every_registry_call_times_out() -> None:
+    kwargs = redis_client("redis://127.0.0.1:1/0").connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] and kwargs["socket_connect_timeout"]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bucketzip.errors import JobCancelled, SourceMissing, TransientError
-from bucketzip.lifecycle import Lifecycle
+from bucketzip.lifecycle import Lease, Lifecycle
 from bucketzip.registry import CANCELLED, FAILED, RETRIED, RUNNING, SUCCEEDED, Registry
 from bucketzip.tasks import sweep_uploads
 from tests.helpers import fetch_archive, keys, open_uploads
@@ -323,3 +323,36 @@ def test_running_state_is_recorded_with_the_worker(worker: Any, client: Any, mak
     assert [j.id for j in client.jobs(state=RUNNING)] == [handle.id]
     handle.wait(120)
     assert client.jobs(state=RUNNING) == []
+
+
+def test_a_redelivered_job_records_the_archive_its_dead_run_published(
+    worker: Any, client: Any, s3: Any, make_bucket: Any, queue_settings: Any
+) -> None:
+    """A run published its archive and its worker died before recording it: the redelivery finds the job's
+    archive at the destination and records it, instead of making it a second time."""
+    from bucketzip.engine import Publication, run_job
+    from bucketzip.spec import JobSpec
+
+    bucket, out = make_bucket(), make_bucket()
+    s3.put_bucket_versioning(Bucket=out, VersioningConfiguration={"Status": "Enabled"})
+    s3.put_object(Bucket=bucket, Key="in/a.txt", Body=b"alpha")
+    job_id = f"dead-{uuid.uuid4().hex}"
+    spec = JobSpec.from_dict({**corpus_spec(bucket, out), "job_id": job_id}, queue_settings).to_dict()
+    client.registry.queued([(job_id, spec, f"s3://{out}/out.zip")])
+    # The first run, as a worker makes it: lease, start, fence, publish - and then it dies.
+    life = Lifecycle(client.registry)
+    lease = Lease(life.redis, life.lease(job_id, f"s3://{out}/out.zip").keys, ttl=120)  # no heartbeat here
+    assert lease.acquire() and life.start(job_id, spec, f"s3://{out}/out.zip", "dead:1", lease).run
+    run_job(spec, queue_settings, publication=Publication(job_id, lease.token, lambda p: life.fence(job_id, lease, p)))
+    lease.release()  # its lease runs out
+    client._publish([(job_id, spec, f"s3://{out}/out.zip")])  # and its message is delivered again
+    result = client.wait(job_id, 60)
+    job = client.status(job_id)
+    assert job.state == SUCCEEDED and job.runs == 2 and job.lost == 1
+    assert result["entries"] == 1 and result["input_bytes"] == 5  # from what the dead run noted at its fence
+    versions = s3.list_object_versions(Bucket=out).get("Versions", [])
+    assert len(versions) == 1 and result["version_id"] == versions[0]["VersionId"]  # published once
+    assert [a["job_id"] for a in client.archives()] == [job_id]
+    fetch_archive(s3, out, "out.zip", {"a.txt": b"alpha"})
+    for v in versions:
+        s3.delete_object(Bucket=out, Key=v["Key"], VersionId=v["VersionId"])

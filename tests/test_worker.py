@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from typing import Any
 
@@ -98,7 +99,7 @@ def test_a_worker_process_killed_halfway_leaves_one_archive_and_no_upload(
 
     # The killed run's upload is still open, billing; the sweep (as beat runs it) aborts it.
     assert [u["UploadId"] for u in open_uploads(s3, out)] == [first_upload]
-    report = sweep_uploads(settings, Registry(settings))
+    report = sweep_uploads(settings, Registry(settings), time.time() + settings.stale_upload_age + 1)
     assert report["aborted"] == [f"s3://{out}/out.zip"]
     assert open_uploads(s3, out) == []
     for v in versions:
@@ -129,6 +130,50 @@ def test_the_soft_time_limit_aborts_the_upload(
     job = client.status(handle.id)
     assert job.state == FAILED and job.error["type"] == "SoftTimeLimitExceeded"
     assert keys(s3, out) == [] and open_uploads(s3, out) == []
+    client.close()
+
+
+def test_the_hard_time_limit_alone_stops_a_job(
+    s3: Any, make_bucket: Any, big_corpus: Any, s3_env: dict[str, str], redis_url: str, queue_prefix: str
+) -> None:
+    """Only BUCKETZIP_JOB_TIME_LIMIT set: the soft limit follows it (prefork arms the hard timer only once the
+    soft one fired, so a soft limit left at its old default of 21540 s let a 2 s limit do nothing)."""
+    bucket, _ = big_corpus
+    out = make_bucket()
+    env = queue_env(s3_env, redis_url, queue_prefix, BUCKETZIP_JOB_TIME_LIMIT="2", BUCKETZIP_READ_CONCURRENCY="1")
+    client = Client(Settings.from_env(env))
+    with worker_process(env, f"hard-{queue_prefix}"):
+        handle = client.submit(corpus_spec(bucket, out, compression="deflate", compression_level=9))
+        with pytest.raises(Exception) as caught:
+            handle.wait(120)
+    assert type(caught.value).__name__ == "SoftTimeLimitExceeded"
+    assert client.status(handle.id).state == FAILED
+    assert keys(s3, out) == [] and open_uploads(s3, out) == []
+    client.close()
+
+
+def test_a_worker_shutting_down_hands_its_job_back_at_once(
+    s3: Any, make_bucket: Any, big_corpus: Any, s3_env: dict[str, str], redis_url: str, queue_prefix: str
+) -> None:
+    """SIGTERM (a deploy, ``docker compose stop``) used to wait for the job, and after the grace period kill
+    it, leaving its upload for the sweep and its message for the visibility timeout."""
+    bucket, files = big_corpus
+    out = make_bucket()
+    env = queue_env(s3_env, redis_url, queue_prefix, BUCKETZIP_READ_CONCURRENCY="1")
+    client = Client(Settings.from_env(env))
+    spec = corpus_spec(bucket, out, compression="deflate", compression_level=9)
+    with worker_process(env, f"stop-{queue_prefix}") as proc:
+        handle = client.submit(spec)
+        wait_until(lambda: client.status(handle.id).upload_id, "the job to start its upload", 120)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)  # well before the job could have finished on its own
+        job = client.status(handle.id)
+        assert job.state == "queued" and job.runs == 1, job
+        assert keys(s3, out) == [] and open_uploads(s3, out) == []
+    with worker_process(env, f"next-{queue_prefix}"):
+        result = handle.wait(180)  # the message went back to the queue: the next worker makes the archive
+    assert client.status(handle.id).runs == 2 and result["entries"] == len(files)
+    fetch_archive(s3, out, "out.zip", {k.removeprefix("in/"): v for k, v in files.items()})
     client.close()
 
 
