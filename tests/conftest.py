@@ -197,3 +197,25 @@ def big_corpus(s3: Any) -> Iterator[tuple[str, dict[str, bytes]]]:
     for key in files:
         s3.delete_object(Bucket=bucket, Key=key)
     s3.delete_bucket(Bucket=bucket)
+
+
+# --- Glacier vaults (issue 12): a local vault server (tests/vaultserver.py), boto3's own Glacier client ---
+
+
+@pytest.fixture
+def vaults() -> Iterator[Any]:
+    """A fresh local vault server with one vault, ``server.vault``; ``server.url`` is its endpoint."""
+    from tests.vaultserver import VaultServer
+
+    server = VaultServer()
+    server.start()
+    server.vault = f"v-{uuid.uuid4().hex[:8]}"
+    server.create_vault(server.vault)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def glacier(vaults: Any) -> Any:
+    """boto3's Glacier client on the vault server (the test's own, not bucketzip's)."""
+    return boto3.client("glacier", endpoint_url=vaults.url, **CREDENTIALS)

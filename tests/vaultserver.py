@@ -126,6 +126,8 @@ class VaultServer:
         self.calls: Counter[str] = Counter()
         self.jobs_finish_at_once = False
         self.httpd: ThreadingHTTPServer | None = None
+        self.url = ""  # set by start()
+        self.vault = ""  # the tests' fixture keeps its vault's name here
 
     # --- control, for the tests ---
 
@@ -162,7 +164,8 @@ class VaultServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.httpd.daemon_threads = True
         threading.Thread(target=self.httpd.serve_forever, name="vaultserver", daemon=True).start()
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        return self.url
 
     def stop(self) -> None:
         if self.httpd is not None:
