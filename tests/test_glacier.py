@@ -194,3 +194,37 @@ def fake_registry(vault_settings: Settings) -> Registry:
         vault_settings.replace(key_prefix=f"t{hashlib.sha1(os.urandom(8)).hexdigest()[:6]}"),
         fakeredis.FakeRedis(decode_responses=True),
     )
+
+
+def test_a_worker_fills_a_vault_and_the_catalog(
+    s3: Any, make_bucket: Any, vaults: Any, s3_env: dict[str, str], redis_url: str, queue_prefix: str
+) -> None:
+    """On a worker: the archive goes into the vault and into the catalog (in the success's transaction); a
+    vault's 4xx fails the job at once, without the retries a transient error gets."""
+    from celery.contrib.testing.worker import start_worker
+
+    import bucketzip.tasks  # noqa: F401
+    from bucketzip.client import Client
+    from bucketzip.errors import UploadFailed
+    from bucketzip.registry import FAILED
+    from bucketzip.worker import make_app
+    from tests.conftest import queue_env
+
+    bucket = make_bucket()
+    files = corpus(s3, bucket, n=3)
+    env = queue_env({**s3_env, "AWS_ENDPOINT_URL_GLACIER": vaults.url}, redis_url, queue_prefix)
+    app = make_app(Settings.from_env(env))
+    client = Client(app=app)
+    with start_worker(app, pool="threads", concurrency=1, perform_ping_check=False, loglevel="WARNING"):
+        good = client.submit({"sources": [f"s3://{bucket}/in/"], "destination": f"glacier://{vaults.vault}"})
+        result = good.wait(timeout=120)
+        bad = client.submit({"sources": [f"s3://{bucket}/in/"], "destination": "glacier://missing-vault"})
+        with pytest.raises(UploadFailed, match="vault"):
+            bad.wait(timeout=120)
+    app.close()
+    check_zip_bytes(vaults.archive_bytes(result["archive_id"]), files)
+    [record] = client.archives(vault=vaults.vault)
+    assert record["archive_id"] == result["archive_id"] and record["job_id"] == good.id
+    assert record["tree_hash"] == result["tree_hash"] and record["description"] == f"bucketzip job {good.id}"
+    failed = client.status(bad.id)
+    assert failed.state == FAILED and failed.runs == 1 and failed.error["type"] == "UploadFailed"
