@@ -152,10 +152,18 @@ def test_shelve_import(catalog: Catalog, tmp_path: Path) -> None:
         catalog.import_shelve(str(tmp_path / "nothing-here"), "family")
 
 
-def test_registry_succeeded_records_in_the_catalog(catalog: Catalog) -> None:
+def test_a_success_and_its_catalog_record_are_one_transaction(catalog: Catalog) -> None:
+    from bucketzip.lifecycle import SUCCEEDED, Lifecycle
+
     registry = Registry(Settings(key_prefix="t"), catalog.redis)
+    life = Lifecycle(registry, catalog.redis)
     registry.queued([("j1", {}, "glacier://v")])
-    registry.succeeded("j1", vault_result("v", "A9", "j1"))
+    lease = life.lease("j1", "glacier://v")
+    assert lease.acquire() and life.start("j1", {}, "glacier://v", "host:1", lease).run
+    assert registry.buckets() == {"glacier://v"}  # the sweeper asks the vault, not an S3 bucket "v"
+    result = vault_result("v", "A9", "j1")
+    fields = {"result": json.dumps(result)}
+    assert life.finish("j1", lease, SUCCEEDED, fields, lambda pipe: registry.add_archive(pipe, "j1", result, None))
     [record] = registry.archives(vault="v")
     assert record["url"] == "glacier://v/A9" and record["job_id"] == "j1"
 

@@ -174,13 +174,16 @@ def test_sweep_aborts_stale_vault_uploads(
 ) -> None:
     mine = glacier.initiate_multipart_upload(vaultName=vaults.vault, partSize=str(MiB))["uploadId"]
     other = glacier.initiate_multipart_upload(vaultName=vaults.vault, partSize=str(MiB))["uploadId"]
-    fake_registry.started("j1", {}, f"glacier://{vaults.vault}", "host:1")
+    from bucketzip.lifecycle import Lifecycle
+
+    life = Lifecycle(fake_registry, fake_registry.redis)
+    dest = f"glacier://{vaults.vault}"
+    assert life.start("j1", {}, dest, "host:1", life.lease("j1", dest)).run  # a run that died: no lease held
     fake_registry.upload_started("j1", f"glacier://{vaults.vault}", mine)
     assert fake_registry.buckets() == {f"glacier://{vaults.vault}"}
 
-    report = sweep_uploads(
-        vault_settings.replace(stale_upload_age=0), fake_registry, now=datetime.now(UTC).timestamp() + 5
-    )
+    later = datetime.now(UTC).timestamp() + vault_settings.stale_upload_age + 60  # both uploads are stale then
+    report = sweep_uploads(vault_settings, fake_registry, now=later)
     assert report["aborted"] == [f"glacier://{vaults.vault}"]
     left = [u["MultipartUploadId"] for u in glacier.list_multipart_uploads(vaultName=vaults.vault)["UploadsList"]]
     assert left == [other]  # another tool's upload in the vault is left alone

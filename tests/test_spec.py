@@ -386,4 +386,6 @@ def test_cold_storage_fields_round_trip() -> None:
     job = JobSpec.from_dict(data, SETTINGS)
     assert (job.on_archived, job.restore_tier, job.restore_days) == ("restore", "Bulk", 3)
     assert job.to_dict() == data
-    assert "on_archived" not in JobSpec.from_dict({"sources": ["s3://bkt/k"], "destination": "s3://bkt/o.zip"}).to_dict()
+    assert (
+        "on_archived" not in JobSpec.from_dict({"sources": ["s3://bkt/k"], "destination": "s3://bkt/o.zip"}).to_dict()
+    )
