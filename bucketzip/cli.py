@@ -83,7 +83,8 @@ def run(spec_file: str, quiet: bool) -> None:
     printer = None if quiet else ProgressPrinter()
     try:
         settings = Settings.from_env()
-        result = run_job(load_spec(spec_file), settings, (lambda p: printer(p.to_dict())) if printer else None)
+        progress = (lambda p: printer(p.to_dict())) if printer else None
+        result = run_job(load_spec(spec_file), settings, progress, on_waiting=_waiting_printer(settings))
     except BucketzipError as exc:
         if printer:
             printer.close()
@@ -94,6 +95,37 @@ def run(spec_file: str, quiet: bool) -> None:
     if printer:
         printer.close()
     click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    _record(settings, result.to_dict())
+
+
+def _waiting_printer(settings: Settings) -> Any:
+    def waiting(pending: BucketzipError) -> None:
+        click.echo(f"bucketzip: {pending}; next check in {settings.restore_poll:.0f}s", err=True)
+
+    return waiting
+
+
+def _record(settings: Settings, result: dict[str, Any]) -> None:
+    """Record the archive in the catalog when the registry's Redis answers (BUCKETZIP_RUN_CATALOG=off: never).
+    The archive exists either way: a registry that cannot be reached is a note on stderr, not a failure."""
+    if settings.run_catalog == "off":
+        return
+    try:
+        import redis
+
+        from .catalog import Catalog
+
+        client = redis.Redis.from_url(
+            settings.redis_url, decode_responses=True, socket_connect_timeout=1, socket_timeout=5
+        )
+        try:
+            record = Catalog(settings, client).record(result.get("job_id"), result)
+        finally:
+            client.close()
+    except Exception as exc:
+        click.echo(f"bucketzip: not recorded in the catalog ({type(exc).__name__}: {exc})", err=True)
+        return
+    click.echo(f"bucketzip: recorded in the catalog as {record['id']}", err=True)
 
 
 # --- the queue: producer commands (no engine, no s3fs loaded) ---
@@ -225,6 +257,9 @@ def status(job_id: str, as_json: bool) -> None:
         click.echo(f"retried as {job.retried_by}")
     if job.progress:
         click.echo(progress_line(job.progress))
+    if job.state == "waiting" and job.restore:
+        restore = job.restore
+        click.echo(f"waiting for restores of archived sources: {restore['restored']}/{restore['total']} restored")
 
 
 @main.command()
@@ -240,7 +275,9 @@ def watch(job_ids: tuple[str, ...], interval: float) -> None:
     last: dict[str, str] = {}
     try:
         while True:
-            ids = list(job_ids) or [j.id for s in ("running", "queued", "retrying") for j in client.jobs(s, 50)]
+            ids = list(job_ids) or [
+                j.id for s in ("running", "queued", "retrying", "waiting") for j in client.jobs(s, 50)
+            ]
             jobs = []
             for job_id in ids:
                 try:
@@ -269,7 +306,8 @@ def watch(job_ids: tuple[str, ...], interval: float) -> None:
 
 @main.command()
 @click.option(
-    "--state", type=click.Choice(["queued", "running", "retrying", "succeeded", "failed", "cancelled", "retried"])
+    "--state",
+    type=click.Choice(["queued", "running", "retrying", "waiting", "succeeded", "failed", "cancelled", "retried"]),
 )
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Records as JSON.")
@@ -315,23 +353,6 @@ def cancel(job_id: str) -> None:
 
 
 @main.command()
-@click.option("--limit", type=int, default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Records as JSON.")
-def archives(limit: int, as_json: bool) -> None:
-    """List the archives made, newest first."""
-    try:
-        found = _client().archives(limit)
-    except BucketzipError as exc:
-        fail(exc)
-    if as_json:
-        click.echo(json.dumps(found, indent=2))
-        return
-    for a in found:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["created"]))
-        click.echo(f"{when}  {a['destination']}  {fmt_bytes(a['size'])}  {a['entries']} entries  {a['etag']}")
-
-
-@main.command()
 @click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait for each service.")
 def check(timeout: float) -> None:
     """Check that the broker, the result backend, the registry's Redis and S3 answer. Exit 0 when all do."""
@@ -345,6 +366,12 @@ def check(timeout: float) -> None:
         click.echo(f"{name:<15} {'ok' if error is None else 'FAIL: ' + error}")
     sys.exit(0 if ok else 1)
 
+
+from .cli_archives import archives, restore, retrieve  # noqa: E402  (they use the helpers above)
+
+main.add_command(archives)
+main.add_command(restore)
+main.add_command(retrieve)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -247,14 +247,27 @@ class Client:
     # --- listing ---
 
     def jobs(self, state: str | None = None, limit: int = 100) -> list[Job]:
-        """Recorded jobs, newest first; only those in ``state`` (queued, running, retrying, succeeded,
-        failed, cancelled, retried) if given."""
+        """Recorded jobs, newest first; only those in ``state`` (queued, running, retrying, waiting,
+        succeeded, failed, cancelled, retried) if given."""
         return self.registry.jobs(state, limit)
 
-    def archives(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The archive catalog, newest first: destination, size, etag, version_id, entries, storage_class,
-        created (Unix time) and the job id."""
-        return self.registry.archives(limit)
+    def archives(
+        self,
+        limit: int = 100,
+        prefix: str | None = None,
+        cursor: str | None = None,
+        vault: str | None = None,
+        job_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """The archive catalog, newest first (see ``bucketzip.catalog``): each record's ``id``, ``url``
+        (``s3://bucket/key`` or ``glacier://VAULT/ARCHIVE_ID``), destination, size, etag or tree_hash,
+        version_id, archive_id, entries, input_bytes, storage_class, description, job_id, created (Unix
+        time) and sources_digest. Filters: destination URL ``prefix``, ``vault``, ``job_id``, ``since`` <=
+        created < ``until``; ``cursor`` is the ``id`` of the last record of the previous page."""
+        search = {"prefix": prefix, "cursor": cursor, "vault": vault, "job_id": job_id, "since": since, "until": until}
+        return self.registry.archives(limit, **search)
 
     def check(self, timeout: float = 5.0) -> list[tuple[str, str | None]]:
         """Whether each service answers: ``[(name, None or the error), ...]`` for the broker, the result
@@ -373,6 +386,6 @@ def jobs(state: str | None = None, limit: int = 100) -> list[Job]:
     return default_client().jobs(state, limit)
 
 
-def archives(limit: int = 100) -> list[dict[str, Any]]:
-    """The archive catalog, newest first; see ``Client.archives``."""
-    return default_client().archives(limit)
+def archives(limit: int = 100, **search: Any) -> list[dict[str, Any]]:
+    """The archive catalog, newest first; see ``Client.archives`` for the search keywords."""
+    return default_client().archives(limit, **search)

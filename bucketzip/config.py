@@ -72,6 +72,10 @@ class Settings:
     access_key_id: str | None = field(default=None, metadata={"env": ("AWS_ACCESS_KEY_ID",)}, repr=False)
     secret_access_key: str | None = field(default=None, metadata={"env": ("AWS_SECRET_ACCESS_KEY",)}, repr=False)
     session_token: str | None = field(default=None, metadata={"env": ("AWS_SESSION_TOKEN",)}, repr=False)
+    # Glacier vaults (glacier://VAULT): botocore's service-specific endpoint variable, then the global one.
+    glacier_endpoint_url: str | None = field(
+        default=None, metadata={"env": ("AWS_ENDPOINT_URL_GLACIER", "AWS_ENDPOINT_URL")}
+    )
 
     # --- the archive ---
     part_size: int = field(default=8 * MiB, metadata={"parse": _size})
@@ -83,8 +87,9 @@ class Settings:
     max_sources: int = field(default=1_000, metadata={"parse": int})
     allowed_buckets: frozenset[str] = field(default=frozenset(), metadata={"parse": _csv})  # empty: any
     allowed_destination_buckets: frozenset[str] = field(default=frozenset(), metadata={"parse": _csv})
-    # Specs may come from untrusted web requests: only s3:// unless an operator widens this (e.g. "s3,file").
-    allowed_protocols: frozenset[str] = field(default=frozenset({"s3"}), metadata={"parse": _csv})
+    # Specs may come from untrusted web requests: only s3:// (and glacier:// vaults as destinations) unless an
+    # operator widens this (e.g. "s3,glacier,file").
+    allowed_protocols: frozenset[str] = field(default=frozenset({"s3", "glacier"}), metadata={"parse": _csv})
     max_presign_expires: int = field(default=7 * 24 * 3600, metadata={"parse": int})  # SigV4's limit
 
     # --- throughput and memory (the bounded pipeline; see engine.py) ---
@@ -99,6 +104,14 @@ class Settings:
     # glibc's malloc arenas for this process (0: leave glibc's default of 8 per core). One arena keeps the
     # threads' churn of chunk and part buffers from fragmenting several heaps: see engine.tune_allocator.
     malloc_arena_max: int = field(default=1, metadata={"parse": int})
+
+    # --- cold storage ---
+    # Seconds between checks of archived sources being restored (on_archived: restore): a worker re-queues
+    # the job this long ahead; ``bucketzip run`` sleeps this long in process.
+    restore_poll: float = field(default=900.0, metadata={"parse": float})
+    # Whether ``bucketzip run`` records its archive in the catalog: "auto" when the registry's Redis answers,
+    # "off" never. (A worker always records.)
+    run_catalog: str = field(default="auto", metadata={"parse": str})
 
     # --- the queue (issue: Celery workers) ---
     broker_url: str | None = field(default=None, metadata={"parse": str})
@@ -188,6 +201,10 @@ class Settings:
                 str(self.visibility_timeout),
                 f"must be longer than BUCKETZIP_JOB_TIME_LIMIT ({self.job_time_limit}s)",
             )
+        if not self.restore_poll > 0:
+            raise ConfigError("BUCKETZIP_RESTORE_POLL", str(self.restore_poll), "must be a positive number of seconds")
+        if self.run_catalog not in ("auto", "off"):
+            raise ConfigError("BUCKETZIP_RUN_CATALOG", self.run_catalog, "must be auto or off")
         if self.chunk_size < 64 * 2**10:
             raise ConfigError("BUCKETZIP_CHUNK_SIZE", str(self.chunk_size), "must be at least 64KiB")
         if self.read_buffer < self.chunk_size:
@@ -207,6 +224,14 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return replace(self, **changes).validated()
+
+    def boto3_session_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``boto3.session.Session``; unset values are left to botocore's own chain."""
+        opts: dict[str, Any] = {"region_name": self.region, "profile_name": self.profile}
+        if self.access_key_id and self.secret_access_key:
+            opts.update(aws_access_key_id=self.access_key_id, aws_secret_access_key=self.secret_access_key)
+            opts["aws_session_token"] = self.session_token
+        return {k: v for k, v in opts.items() if v is not None}
 
     def s3_options(self) -> dict[str, Any]:
         """Keyword arguments for ``s3fs.S3FileSystem``; unset values are left to botocore's own chain."""

@@ -20,11 +20,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from .archive import ZipWriter
+from .archived import settle
 from .config import MAX_PARTS, MiB, Settings
 from .deflate import parallel_deflate
-from .errors import SourceMissing
+from .errors import RestorePending, SourceMissing
 from .prefetch import Prefetcher
-from .selection import Entry, Selection, select
+from .selection import Entry, Selection, select, sources_digest
 from .spec import JobSpec
 from .stores import ObjectInfo, Published, Sink, SinkOptions, Store, store_for
 from .stores.base import JOB_TAG
@@ -65,6 +66,10 @@ class JobResult:
     job_id: str | None = None
     skipped: list[dict[str, str]] = field(default_factory=list)
     renamed: list[dict[str, str]] = field(default_factory=list)
+    description: str | None = None
+    archive_id: str | None = None  # a vault archive's id
+    tree_hash: str | None = None  # a vault archive's SHA-256 tree hash
+    sources_digest: str | None = None  # SHA-256 of the entries' names, URLs, versions, ETags and sizes
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,10 +145,13 @@ async def build_archive(
     stores: Callable[[str], Store] | None = None,
     on_upload: Callable[[str], None] | None = None,
     publication: Publication | None = None,
+    on_waiting: Callable[[RestorePending], None] | None = None,
 ) -> JobResult:
     """Make the archive ``spec`` describes. Raises a BucketzipError; publishes nothing unless it returns.
 
-    ``on_progress`` only takes the latest numbers: it must not raise (a run is stopped by cancelling it)."""
+    ``on_progress`` only takes the latest numbers: it must not raise (a run is stopped by cancelling it).
+    Archived sources are handled per ``spec.on_archived`` first (``archived.settle``); while restores run it
+    raises ``RestorePending``, or with ``on_waiting`` calls it and waits in process."""
     started = time.monotonic()
     stores = stores or (lambda protocol: store_for(protocol, settings))
     dest_store = stores(spec.destination.protocol)
@@ -156,6 +164,7 @@ async def build_archive(
         sel, prior = await select(spec, settings, stores), None
     if sel.missing and spec.on_missing == "fail":
         raise SourceMissing(sel.missing)
+    await settle(sel, spec, settings, stores, on_waiting)
     skipped = [{"url": u, "reason": "not found"} for u in sel.missing] + sel.skipped
 
     part_size = part_size_for(sel, settings)
@@ -169,6 +178,7 @@ async def build_archive(
         tag=(publication.job_id, publication.run) if publication else None,
         if_none_match=publication is not None and prior is None,
         if_match=prior.etag if publication is not None and prior is not None else None,
+        description=spec.description or default_description(spec),
     )
     tracker = _Tracker(sel, settings.progress_interval, on_progress)
     level = settings.compression_level if spec.compression_level is None else spec.compression_level
@@ -189,6 +199,8 @@ async def build_archive(
             job_id=spec.job_id,
             skipped=skipped,
             renamed=sel.renamed,
+            description=options.description,
+            sources_digest=sources_digest(written),
         )
         if publication is not None:
             await asyncio.to_thread(publication.fence, result.to_dict())
@@ -206,6 +218,8 @@ async def build_archive(
         published.version_id,
         published.parts,
     )
+    result.part_size = published.part_size or part_size
+    result.archive_id, result.tree_hash = published.archive_id, published.tree_hash
     if spec.presign_expires:
         result.url = await presign(spec, settings, published.version_id, stores)
     result.duration = round(time.monotonic() - started, 3)
@@ -236,6 +250,13 @@ async def presign(
         return None
     store = (stores or (lambda protocol: store_for(protocol, settings)))(spec.destination.protocol)
     return await store.presign(spec.destination, version_id, spec.presign_expires)
+
+
+def default_description(spec: JobSpec) -> str:
+    """A vault archive's description when the spec gives none: it names the job (printable ASCII)."""
+    if spec.job_id:
+        return f"bucketzip job {spec.job_id}"
+    return f"bucketzip archive {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
 
 
 async def _pipeline(
@@ -386,10 +407,15 @@ def run_job(
     on_upload: Callable[[str], None] | None = None,
     publication: Publication | None = None,
     bind: Callable[[Callable[[], None]], None] | None = None,
+    on_waiting: Callable[[RestorePending], None] | None = None,
 ) -> JobResult:
-    """Validate ``spec`` and make its archive in this process. The synchronous face of ``build_archive``."""
+    """Validate ``spec`` and make its archive in this process. The synchronous face of ``build_archive``.
+    With ``on_waiting``, restores of archived sources are waited for here; without, ``RestorePending``."""
     settings = settings or Settings.from_env()
     if not isinstance(spec, JobSpec):
         spec = JobSpec.from_dict(spec, settings)
     tune_allocator(settings.malloc_arena_max)
-    return run_sync(build_archive(spec, settings, on_progress, on_upload=on_upload, publication=publication), bind)
+    coro = build_archive(
+        spec, settings, on_progress, on_upload=on_upload, publication=publication, on_waiting=on_waiting
+    )
+    return run_sync(coro, bind)

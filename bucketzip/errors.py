@@ -8,6 +8,8 @@
     ├── SourceMissing           objects the job names do not exist (on_missing=fail)
     ├── SourceChanged           an object changed or vanished while it was being read
     ├── SourceUnreadable        an object exists but cannot be read (archived in GLACIER, say)
+    ├── SourceArchived          archived sources are not restored (on_archived=fail)
+    ├── RestorePending          restores of archived sources are still running (on_archived=restore)
     ├── AccessDenied            credentials may not read a source or write the destination
     ├── UploadFailed            the destination refused the archive
     ├── JobCancelled            somebody cancelled the job while it ran
@@ -97,6 +99,32 @@ class SourceUnreadable(BucketzipError):
 
     def __str__(self) -> str:
         return f"cannot read {self.url}: {self.reason}"
+
+
+class SourceArchived(BucketzipError):
+    """Sources are in an archive class (GLACIER, DEEP_ARCHIVE) and not restored (on_archived is "fail")."""
+
+    def __init__(self, urls: list[str]) -> None:
+        super().__init__(list(urls))
+        self.urls = list(urls)
+
+    def __str__(self) -> str:
+        shown = ", ".join(self.urls[:10]) + (f" and {len(self.urls) - 10} more" if len(self.urls) > 10 else "")
+        return (
+            f"{len(self.urls)} source(s) are archived and not restored: {shown}; restore them first "
+            "(bucketzip restore URL, or on_archived: restore)"
+        )
+
+
+class RestorePending(BucketzipError):
+    """Restores of archived sources are requested but not finished: the job waits (on_archived is "restore")."""
+
+    def __init__(self, job: str, restored: int, total: int) -> None:
+        super().__init__(job, restored, total)
+        self.job, self.restored, self.total = job, restored, total
+
+    def __str__(self) -> str:
+        return f"{self.job}: waiting for restores of archived sources ({self.restored}/{self.total} restored)"
 
 
 class AccessDenied(BucketzipError):

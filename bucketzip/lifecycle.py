@@ -252,7 +252,9 @@ class Lifecycle:
                 "lost": lost,
             }
             write_state(self.registry, pipe, job_id, RUNNING, now, fields)
-            pipe.sadd(self.key("buckets"), destination.split("://", 1)[-1].split("/", 1)[0])
+            from .registry import sweep_container
+
+            pipe.sadd(self.key("buckets"), sweep_container(destination))
             return Start(True, RUNNING, lost=lost)
 
         result: Start = self._cas(job_id, decide, cancel_key)

@@ -6,7 +6,7 @@ Keys (all under ``<key_prefix>:``)::
     jobs                zset: every recorded job by creation time
     state:<state>       zset: the jobs in that state, by the time they entered it (newest first on read)
     finished            zset: the finished jobs by the time they finished (what trimming reads)
-    archives            zset: the archive catalog, one JSON record per archive made, by time
+    catalog:*           the archive catalog (``catalog.py``)
     uploads             hash: multipart upload id -> owning job (the sweeper spares running jobs' uploads)
     buckets             set: destination buckets seen (what the sweeper looks at by default)
     cancel:<id>         flag: cancellation requested
@@ -30,6 +30,7 @@ from typing import Any
 
 import redis
 
+from .catalog import Catalog, record_from_result
 from .config import Settings
 from .lifecycle import (
     ACTIVE,
@@ -65,7 +66,7 @@ __all__ = [
     "redis_client",
 ]
 
-_JSON_FIELDS = ("spec", "result", "error")
+_JSON_FIELDS = ("spec", "result", "error", "restore")
 
 
 @dataclass
@@ -93,6 +94,7 @@ class Job:
     run: str | None = None  # the lease token of the run that holds the job while it runs
     publishing: str | None = None  # set by the run that passed the fence, right before it publishes
     progress: dict[str, Any] | None = None  # filled in from the result backend while it runs
+    restore: dict[str, Any] | None = None  # while waiting: {"restored": n, "total": m, "checked": time}
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> Job:
@@ -179,9 +181,9 @@ class Registry:
                 pipe.zcard(self.key("state", state))
             return dict(zip(STATES, pipe.execute(), strict=True))
 
-    def archives(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The archive catalog, newest first."""
-        return [json.loads(r) for r in self.redis.zrevrange(self.key("archives"), 0, limit - 1)]
+    def archives(self, limit: int = 100, **search: Any) -> list[dict[str, Any]]:
+        """The archive catalog, newest first (``Catalog.search``'s filters as keywords)."""
+        return Catalog(self.settings, self.redis).search(limit, **search)
 
     def buckets(self) -> set[str]:
         return set(self.redis.smembers(self.key("buckets")))
@@ -257,7 +259,7 @@ class Registry:
     def add_archive(self, pipe: Any, job_id: str, result: dict[str, Any], upload_id: str | None) -> None:
         """Queue the catalog record of a job's archive on ``pipe`` (the transaction recording its success)."""
         now = time.time()
-        pipe.zadd(self.key("archives"), {json.dumps(catalog_entry(job_id, result, now), sort_keys=True): now})
+        Catalog(self.settings, self.redis).add(pipe, record_from_result(job_id, result, now))
         if upload_id:
             pipe.hdel(self.key("uploads"), upload_id)
 
@@ -285,15 +287,11 @@ class Registry:
             pipe.zrem(self.key("state", state), job_id)
 
 
-def catalog_entry(job_id: str, result: dict[str, Any], now: float) -> dict[str, Any]:
-    """The archive catalog's record of a job's result."""
-    return {
-        "job_id": job_id,
-        "destination": result["destination"],
-        "size": result["size"],
-        "etag": result.get("etag"),
-        "version_id": result.get("version_id"),
-        "entries": result.get("entries"),
-        "storage_class": result.get("storage_class"),
-        "created": now,
-    }
+catalog_entry = record_from_result  # the catalog's record of a job's result (see catalog.py)
+
+
+def sweep_container(destination: str) -> str:
+    """What the sweeper records of a destination: an S3 bucket by its name, a vault as ``glacier://VAULT``."""
+    scheme, _, rest = destination.partition("://")
+    name = rest.split("/", 1)[0]
+    return f"glacier://{name}" if scheme == "glacier" else name

@@ -8,6 +8,7 @@ the job's limits are enforced here, before the first byte of the archive is writ
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -168,3 +169,13 @@ def _dedupe(name: str, seen: dict[str, int]) -> str:
             seen[name.casefold()] = n + 1
             return candidate
         n += 1
+
+
+def sources_digest(entries: list[Entry]) -> str:
+    """SHA-256 (hex) of the archive's source list: each entry's name, URL, version, ETag and size, in order.
+    The catalog keeps it, so an archive can be matched to the exact objects it was made from years later."""
+    h = hashlib.sha256()
+    for e in entries:
+        o = e.obj
+        h.update(f"{e.name}\t{o.location.url}\t{o.version_id or ''}\t{o.etag or ''}\t{o.size}\n".encode())
+    return h.hexdigest()

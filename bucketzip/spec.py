@@ -19,11 +19,18 @@ from .errors import InvalidJob, LimitExceeded
 Compression = Literal["store", "deflate", "auto"]
 OnMissing = Literal["fail", "skip"]
 OnDuplicate = Literal["rename", "fail", "skip"]
+OnArchived = Literal["fail", "skip", "restore"]
 SourceKind = Literal["object", "prefix", "glob"]
 
 COMPRESSIONS = ("store", "deflate", "auto")
 ON_MISSING = ("fail", "skip")
 ON_DUPLICATE = ("rename", "fail", "skip")
+ON_ARCHIVED = ("fail", "skip", "restore")
+RESTORE_TIERS = ("Bulk", "Standard", "Expedited")
+MAX_RESTORE_DAYS = 36_500  # S3 sets no documented maximum; this only keeps the number sane
+MAX_DESCRIPTION = 1024  # a vault archive's description: printable ASCII, at most this many characters
+VAULT_RE = re.compile(r"[A-Za-z0-9_.-]{1,255}")  # Glacier's rule for vault names
+BUCKETED = ("s3", "glacier")  # protocols whose URLs are protocol://container/key
 STORAGE_CLASSES = (
     "STANDARD",
     "REDUCED_REDUNDANCY",
@@ -43,6 +50,7 @@ TAG_PREFIX = "bucketzip-"
 RESERVED_METADATA_BYTES = 256
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PRINTABLE = re.compile(r"[\x20-\x7e]+")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -58,12 +66,14 @@ class Location:
     def url(self) -> str:
         if self.protocol == "s3":
             return f"s3://{self.bucket}/{self.key}"
+        if self.protocol == "glacier":  # glacier://VAULT, or glacier://VAULT/ARCHIVE_ID for one archive
+            return f"glacier://{self.bucket}" + (f"/{self.key}" if self.key else "")
         return f"{self.protocol}://{self.key}"
 
     @property
     def path(self) -> str:
         """The path fsspec expects: ``bucket/key`` for S3, the plain path otherwise."""
-        return f"{self.bucket}/{self.key}" if self.protocol == "s3" else self.key
+        return f"{self.bucket}/{self.key}" if self.protocol in BUCKETED else self.key
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,10 @@ class JobSpec:
     content_disposition: str | None = None
     presign_expires: int | None = None
     job_id: str | None = None
+    description: str | None = None  # the vault archive's description (and the catalog's); default names the job
+    on_archived: OnArchived = "fail"
+    restore_tier: str | None = None  # with on_archived=restore: Bulk, Standard (default) or Expedited
+    restore_days: int | None = None  # with on_archived=restore: days the restored copies stay (default 1)
 
     @classmethod
     def from_dict(cls, data: object, settings: Settings | None = None) -> JobSpec:
@@ -124,6 +138,10 @@ class JobSpec:
             "content_disposition": self.content_disposition,
             "presign_expires": self.presign_expires,
             "job_id": self.job_id,
+            "description": self.description,
+            "on_archived": None if self.on_archived == "fail" else self.on_archived,
+            "restore_tier": self.restore_tier,
+            "restore_days": self.restore_days,
         }
         out.update({k: v for k, v in optional.items() if v is not None})
         return out
@@ -141,6 +159,10 @@ FIELDS = {
     "content_disposition",
     "presign_expires",
     "job_id",
+    "description",
+    "on_archived",
+    "restore_tier",
+    "restore_days",
 }
 
 
@@ -160,7 +182,9 @@ def parse_spec(data: object, settings: Settings) -> JobSpec:
     sources = tuple(_source(f"sources[{i}]", item, settings) for i, item in enumerate(raw_sources))
 
     destination = _location("destination", data.get("destination"), settings, destination=True)
-    if not destination.key or destination.key.endswith("/"):
+    if destination.protocol == "glacier":
+        _vault_destination(data)
+    elif not destination.key or destination.key.endswith("/"):
         raise InvalidJob("destination", destination.url, "must name an object, not a bucket or a prefix")
 
     compression = _choice(data, "compression", COMPRESSIONS, "auto")
@@ -179,6 +203,20 @@ def parse_spec(data: object, settings: Settings) -> JobSpec:
     job_id = data.get("job_id")
     if job_id is not None and (not isinstance(job_id, str) or not JOB_ID_RE.match(job_id)):
         raise InvalidJob("job_id", job_id, "must be 1-128 characters of letters, digits and ._:-")
+    description = data.get("description")
+    if description is not None and (
+        not isinstance(description, str) or not _PRINTABLE.fullmatch(description) or len(description) > MAX_DESCRIPTION
+    ):
+        raise InvalidJob("description", description, f"must be 1-{MAX_DESCRIPTION} printable ASCII characters")
+    on_archived = _choice(data, "on_archived", ON_ARCHIVED, "fail")
+    tier, days = data.get("restore_tier"), data.get("restore_days")
+    for name, value in (("restore_tier", tier), ("restore_days", days)):
+        if value is not None and on_archived != "restore":
+            raise InvalidJob(name, value, "only applies with on_archived: restore")
+    if tier is not None and tier not in RESTORE_TIERS:
+        raise InvalidJob("restore_tier", tier, f"must be one of {', '.join(RESTORE_TIERS)}")
+    if days is not None and (not _is_int(days) or not 1 <= days <= MAX_RESTORE_DAYS):
+        raise InvalidJob("restore_days", days, f"must be a whole number of days from 1 to {MAX_RESTORE_DAYS}")
 
     return JobSpec(
         sources=sources,
@@ -192,7 +230,19 @@ def parse_spec(data: object, settings: Settings) -> JobSpec:
         content_disposition=disposition,
         presign_expires=presign,
         job_id=job_id,
+        description=description,
+        on_archived=on_archived,  # type: ignore[arg-type]
+        restore_tier=tier,
+        restore_days=days,
     )
+
+
+def _vault_destination(data: Mapping[str, Any]) -> None:
+    """A vault archive has no key, storage class, metadata, headers or URL: fields that would be ignored are
+    refused instead."""
+    for name in ("storage_class", "metadata", "content_disposition", "presign_expires"):
+        if data.get(name) is not None:
+            raise InvalidJob(name, data[name], "does not apply to a Glacier vault destination")
 
 
 def _is_int(value: object) -> bool:
@@ -246,6 +296,8 @@ def _location(where: str, value: object, settings: Settings, destination: bool =
     if protocol not in settings.allowed_protocols:
         allowed = ", ".join(f"{p}://" for p in sorted(settings.allowed_protocols))
         raise InvalidJob(where, value, f"protocol {protocol}:// is not allowed (allowed: {allowed})")
+    if protocol == "glacier":
+        return _vault(where, value, rest, settings, destination)
     if protocol != "s3":
         return Location(protocol, "", rest)
     bucket, _, key = rest.partition("/")
@@ -257,6 +309,29 @@ def _location(where: str, value: object, settings: Settings, destination: bool =
     if allowed_buckets and bucket not in allowed_buckets:
         raise InvalidJob(where, value, f"bucket {bucket!r} is not in the allowed buckets")
     return Location("s3", bucket, key)
+
+
+def _vault(where: str, value: str, rest: str, settings: Settings, destination: bool) -> Location:
+    if not destination:
+        raise InvalidJob(where, value, "a Glacier vault can only be a destination (retrieve archives first)")
+    vault, _, extra = rest.partition("/")
+    if extra:
+        raise InvalidJob(where, value, "must be glacier://VAULT (the vault names the archive's id itself)")
+    if not VAULT_RE.fullmatch(vault):
+        raise InvalidJob(where, value, "has an invalid vault name (1-255 of letters, digits, '_', '-', '.')")
+    allowed = settings.allowed_destination_buckets or settings.allowed_buckets
+    if allowed and vault not in allowed:
+        raise InvalidJob(where, value, f"vault {vault!r} is not in the allowed destinations")
+    return Location("glacier", vault, "")
+
+
+def parse_archive_url(value: str) -> Location:
+    """``glacier://VAULT/ARCHIVE_ID`` (one vault archive, as the catalog records it) as a Location."""
+    protocol, sep, rest = value.partition("://")
+    vault, _, archive_id = rest.partition("/")
+    if protocol != "glacier" or not sep or not VAULT_RE.fullmatch(vault) or not archive_id or "/" in archive_id:
+        raise InvalidJob("url", value, "must be glacier://VAULT/ARCHIVE_ID")
+    return Location("glacier", vault, archive_id)
 
 
 def _source(where: str, item: object, settings: Settings) -> Source:

@@ -9,6 +9,7 @@ engine (s3fs, the ZIP writer) is imported inside the task, so a producer that lo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ from celery.exceptions import Ignore, Reject
 from celery.utils.log import get_task_logger
 
 from .config import Settings
-from .errors import InvalidJob, JobCancelled, LeaseLost, TransientError, WorkerLost
+from .errors import InvalidJob, JobCancelled, LeaseLost, RestorePending, TransientError, WorkerLost
 from .lifecycle import (
     CANCEL,
     CANCELLED,
@@ -32,6 +33,7 @@ from .lifecycle import (
     RETRYING,
     SHUTDOWN,
     SUCCEEDED,
+    WAITING,
     Heartbeat,
     Lease,
     Lifecycle,
@@ -104,6 +106,7 @@ def _run(task: Task, life: Lifecycle, lease: Lease, spec: JobSpec, job_id: str) 
     from .engine import AlreadyPublished, Publication, run_job
 
     registry = life.registry
+    spec = dataclasses.replace(spec, job_id=spec.job_id or job_id)  # so the default description names it
 
     def publish(progress: dict[str, Any]) -> None:
         task.update_state(task_id=job_id, state=PROGRESS, meta=progress)
@@ -121,6 +124,9 @@ def _run(task: Task, life: Lifecycle, lease: Lease, spec: JobSpec, job_id: str) 
             result_dict = result.to_dict()
         except AlreadyPublished as found:
             result_dict = _recorded(registry, job_id, spec, found.info)
+    except RestorePending as exc:
+        _wait_for_restores(task, life, lease, job_id, spec, exc)
+        raise
     except BaseException as exc:
         _record_failure(task, life, lease, job_id, exc, heartbeat.stop_reason)
         raise
@@ -138,6 +144,20 @@ def _run(task: Task, life: Lifecycle, lease: Lease, spec: JobSpec, job_id: str) 
     if not recorded:
         log.warning("job %s published, but another run holds its record now", job_id)
     return result_dict
+
+
+def _wait_for_restores(
+    task: Task, life: Lifecycle, lease: Lease, job_id: str, spec: JobSpec, pending: RestorePending
+) -> None:
+    """Archived sources are being restored (hours, often): record ``waiting`` with how many are restored so
+    far, free this worker, and send the message again to look in ``restore_poll`` seconds."""
+    settings = life.registry.settings
+    restore = json.dumps({"restored": pending.restored, "total": pending.total, "checked": time.time()})
+    if life.finish(job_id, lease, WAITING, {"restore": restore}):
+        log.info("job %s: %s; looking again in %.0fs", job_id, pending, settings.restore_poll)
+        args = [spec.to_dict()]
+        task.apply_async(args=args, task_id=job_id, countdown=settings.restore_poll, retries=task.request.retries)
+    raise Ignore() from pending
 
 
 def _record_failure(
@@ -254,14 +274,16 @@ def sweep_uploads(settings: Settings, registry: Registry, now: float | None = No
     from .engine import run_sync
     from .stores import store_for
 
-    store: Any = store_for("s3", settings)
     cutoff = (time.time() if now is None else now) - settings.stale_upload_age
     explicit = bool(settings.sweep_buckets)
     buckets = sorted(settings.sweep_buckets or registry.buckets())
     aborted: list[str] = []
     kept = 0
     for bucket in buckets:
-        for up in run_sync(store.list_uploads(bucket)):
+        # A vault is recorded (and may be listed in SWEEP_BUCKETS) as glacier://VAULT; a bucket by its name.
+        protocol, _, name = bucket.rpartition("://")
+        store: Any = store_for(protocol or "s3", settings)
+        for up in run_sync(store.list_uploads(name)):
             upload_id, key = up["UploadId"], up["Key"]
             owner = registry.upload_owner(upload_id)
             if up["Initiated"].timestamp() > cutoff or (owner is None and not explicit):
@@ -269,8 +291,9 @@ def sweep_uploads(settings: Settings, registry: Registry, now: float | None = No
             if owner is not None and registry.is_running(owner):
                 kept += 1
                 continue
-            run_sync(store.abort_upload(bucket, key, upload_id))
+            run_sync(store.abort_upload(name, key, upload_id))
             registry.forget_upload(upload_id)
-            aborted.append(f"s3://{bucket}/{key}")
-            log.info("aborted stale upload %s of s3://%s/%s (job %s)", upload_id, bucket, key, owner)
+            url = bucket if protocol else f"s3://{bucket}/{key}"
+            aborted.append(url)
+            log.info("aborted stale upload %s of %s (job %s)", upload_id, url, owner)
     return {"buckets": buckets, "aborted": aborted, "kept_running": kept}

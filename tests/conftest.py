@@ -55,6 +55,9 @@ def s3_env(moto_url: str) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_REGION": "us-east-1",
+        # `bucketzip run` records in the catalog when a registry answers: not into the shared Redis's
+        # default prefix from a test (tests that check it set their own prefix and "auto").
+        "BUCKETZIP_RUN_CATALOG": "off",
     }
 
 
@@ -197,3 +200,25 @@ def big_corpus(s3: Any) -> Iterator[tuple[str, dict[str, bytes]]]:
     for key in files:
         s3.delete_object(Bucket=bucket, Key=key)
     s3.delete_bucket(Bucket=bucket)
+
+
+# --- Glacier vaults (issue 12): a local vault server (tests/vaultserver.py), boto3's own Glacier client ---
+
+
+@pytest.fixture
+def vaults() -> Iterator[Any]:
+    """A fresh local vault server with one vault, ``server.vault``; ``server.url`` is its endpoint."""
+    from tests.vaultserver import VaultServer
+
+    server = VaultServer()
+    server.start()
+    server.vault = f"v-{uuid.uuid4().hex[:8]}"
+    server.create_vault(server.vault)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def glacier(vaults: Any) -> Any:
+    """boto3's Glacier client on the vault server (the test's own, not bucketzip's)."""
+    return boto3.client("glacier", endpoint_url=vaults.url, **CREDENTIALS)

@@ -13,7 +13,8 @@ MiB = 2**20
 def test_defaults_are_valid_and_conservative() -> None:
     s = Settings.from_env({})
     assert MIN_PART_SIZE <= s.part_size <= MAX_PART_SIZE
-    assert s.allowed_protocols == frozenset({"s3"}), "only s3:// may be read unless an operator widens it"
+    # only s3:// may be read (glacier:// vaults are destinations only) unless an operator widens it
+    assert s.allowed_protocols == frozenset({"s3", "glacier"})
     assert s.allowed_buckets == frozenset() and s.allowed_destination_buckets == frozenset()
     assert s.endpoint_url is None and s.access_key_id is None
     assert s.deflate_threads == min(4, usable_cpus()) >= 1, "one DEFLATE thread per usable CPU, at most 4"

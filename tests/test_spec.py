@@ -322,3 +322,70 @@ def test_sanitised_names_always_pass_the_explicit_name_rules() -> None:
         if safe:
             check_entry_name("name", safe)  # raises if the result could escape the root
             assert sanitise_name(safe) == safe, f"not idempotent for {key!r}"
+
+
+# --- cold storage (issue 12): vault destinations, descriptions, on_archived ---
+
+
+def test_a_vault_destination() -> None:
+    job = JobSpec.from_dict({"sources": ["s3://bkt/k"], "destination": "glacier://my-vault_1.x"}, SETTINGS)
+    assert job.destination == Location("glacier", "my-vault_1.x", "")
+    assert job.destination.url == "glacier://my-vault_1.x" and job.to_dict()["destination"] == "glacier://my-vault_1.x"
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "reason"),
+    [
+        ({"destination": "glacier://v/key"}, "destination", "must be glacier://VAULT"),
+        ({"destination": "glacier://bad vault"}, "destination", "invalid vault name"),
+        ({"destination": "glacier://"}, "destination", "invalid vault name"),
+        ({"sources": ["glacier://v"]}, "sources[0]", "only be a destination"),
+        ({"destination": "glacier://v", "storage_class": "GLACIER"}, "storage_class", "does not apply"),
+        ({"destination": "glacier://v", "presign_expires": 60}, "presign_expires", "does not apply"),
+        ({"destination": "glacier://v", "metadata": {"a": "b"}}, "metadata", "does not apply"),
+        ({"description": "caf\u00e9"}, "description", "printable ASCII"),
+        ({"description": "a\nb"}, "description", "printable ASCII"),
+        ({"description": "x" * 1025}, "description", "1-1024"),
+        ({"description": ""}, "description", "1-1024"),
+        ({"on_archived": "thaw"}, "on_archived", "fail, skip, restore"),
+        ({"restore_tier": "Bulk"}, "restore_tier", "only applies with on_archived: restore"),
+        ({"on_archived": "restore", "restore_tier": "bulk"}, "restore_tier", "Bulk, Standard, Expedited"),
+        ({"on_archived": "restore", "restore_days": 0}, "restore_days", "from 1"),
+        ({"on_archived": "restore", "restore_days": True}, "restore_days", "whole number"),
+    ],
+)
+def test_cold_storage_fields_are_checked(data: dict[str, Any], field: str, reason: str) -> None:
+    spec = {"sources": ["s3://bkt/k"], "destination": "s3://bkt/out.zip", **data}
+    with pytest.raises(InvalidJob) as caught:
+        JobSpec.from_dict(spec, SETTINGS)
+    assert caught.value.field == field and reason in str(caught.value)
+
+
+def test_vaults_obey_the_destination_allowlist() -> None:
+    narrow = SETTINGS.replace(allowed_buckets=frozenset({"bkt", "vault-a"}))
+    JobSpec.from_dict({"sources": ["s3://bkt/k"], "destination": "glacier://vault-a"}, narrow)
+    with pytest.raises(InvalidJob, match="not in the allowed destinations"):
+        JobSpec.from_dict({"sources": ["s3://bkt/k"], "destination": "glacier://vault-b"}, narrow)
+    only_s3 = SETTINGS.replace(allowed_protocols=frozenset({"s3"}))
+    with pytest.raises(InvalidJob, match="not allowed"):
+        JobSpec.from_dict({"sources": ["s3://bkt/k"], "destination": "glacier://vault-a"}, only_s3)
+
+
+def test_cold_storage_fields_round_trip() -> None:
+    data = {
+        "sources": ["s3://bkt/k"],
+        "destination": "glacier://v",
+        "compression": "auto",
+        "on_missing": "fail",
+        "on_duplicate": "rename",
+        "description": "Photos 2019 (all)",
+        "on_archived": "restore",
+        "restore_tier": "Bulk",
+        "restore_days": 3,
+    }
+    job = JobSpec.from_dict(data, SETTINGS)
+    assert (job.on_archived, job.restore_tier, job.restore_days) == ("restore", "Bulk", 3)
+    assert job.to_dict() == data
+    assert (
+        "on_archived" not in JobSpec.from_dict({"sources": ["s3://bkt/k"], "destination": "s3://bkt/o.zip"}).to_dict()
+    )

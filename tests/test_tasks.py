@@ -34,6 +34,10 @@ RESULT_FIELDS = {
     "job_id",
     "skipped",
     "renamed",
+    "description",
+    "archive_id",
+    "tree_hash",
+    "sources_digest",
 }
 PROGRESS_FIELDS = {"files_done", "files_total", "bytes_done", "bytes_total", "current", "rate", "eta"}
 

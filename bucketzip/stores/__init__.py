@@ -2,8 +2,8 @@
 
 ``store_for(protocol, settings)`` gives the one store of that protocol for this process. A backend module is
 imported only when its protocol is first used, so a producer that only enqueues never loads s3fs or boto3.
-Any protocol without a backend of its own falls back to fsspec (``stores.fs``), which the spec layer allows
-only where ``BUCKETZIP_ALLOWED_PROTOCOLS`` says so.
+``glacier`` (vaults, destinations only) is ``stores.glacier``. Any protocol without a backend of its own falls
+back to fsspec (``stores.fs``), which the spec layer allows only where ``BUCKETZIP_ALLOWED_PROTOCOLS`` says so.
 """
 
 from __future__ import annotations
@@ -13,11 +13,25 @@ import threading
 from collections.abc import Callable
 
 from ..config import Settings
-from .base import ObjectInfo, Published, Sink, SinkOptions, Store, error_code, translate
+from .base import (
+    ARCHIVED_CLASSES,
+    Archival,
+    ObjectInfo,
+    Published,
+    RestoreState,
+    Sink,
+    SinkOptions,
+    Store,
+    error_code,
+    translate,
+)
 
 __all__ = [
+    "ARCHIVED_CLASSES",
+    "Archival",
     "ObjectInfo",
     "Published",
+    "RestoreState",
     "Sink",
     "SinkOptions",
     "Store",
@@ -43,6 +57,12 @@ def _s3(protocol: str, settings: Settings) -> Store:
     return S3Store(settings)
 
 
+def _glacier(protocol: str, settings: Settings) -> Store:
+    from .glacier import GlacierStore
+
+    return GlacierStore(settings)
+
+
 def _fsspec(protocol: str, settings: Settings) -> Store:
     from .fs import FsStore
 
@@ -50,6 +70,7 @@ def _fsspec(protocol: str, settings: Settings) -> Store:
 
 
 register("s3", _s3)
+register("glacier", _glacier)
 
 _stores: dict[tuple[int, str, Settings], Store] = {}
 _stores_lock = threading.Lock()

@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 from ..errors import (
     AccessDenied,
@@ -39,6 +39,17 @@ class ObjectInfo:
     version_id: str | None = None
     # User metadata, where a HEAD said it (a listing does not): how a run recognises an archive it made.
     metadata: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    storage_class: str | None = None  # as the listing or HEAD says; None for the store's standard class
+
+    @property
+    def archived(self) -> bool:
+        """In an archive class: readable only once restored."""
+        return self.storage_class in ARCHIVED_CLASSES
+
+
+# S3 classes whose objects must be restored before a GET (GLACIER_IR is read directly).
+ARCHIVED_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+RestoreState = Literal["archived", "ongoing", "restored"]  # not requested / requested, running / readable
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,7 @@ class SinkOptions:
     content_disposition: str | None = None
     part_size: int = 8 * 2**20
     concurrency: int = 3
+    description: str | None = None  # a vault archive's description
     # Called with the multipart upload id once one is created (the queue records it for the sweeper).
     on_upload: Callable[[str], None] | None = None
     # (job id, run token): tagged on the archive as metadata, so that the store's answer to a retried or
@@ -74,6 +86,9 @@ class Published:
     etag: str | None
     version_id: str | None
     parts: int
+    part_size: int | None = None  # when the sink chose its own (a vault's power-of-two parts)
+    archive_id: str | None = None  # a vault archive's id
+    tree_hash: str | None = None  # a vault archive's SHA-256 tree hash (hex)
 
 
 class Sink(Protocol):
@@ -100,9 +115,17 @@ class Store(Protocol):
     async def presign(self, loc: Location, version_id: str | None, expires: int) -> str | None: ...
 
 
+class Archival(Protocol):
+    """A store whose objects may sit in an archive class (S3): restore state and restore requests."""
+
+    async def restore_state(self, obj: ObjectInfo) -> RestoreState: ...
+
+    async def request_restore(self, obj: ObjectInfo, days: int, tier: str) -> None: ...
+
+
 # --- the one place third-party errors are translated ---
 
-_MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
+_MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchVersion", "ResourceNotFoundException"}
 _DENIED = {
     "AccessDenied",
     "403",
@@ -120,6 +143,10 @@ _TRANSIENT = {
     "RequestTimeTooSkewed",
     "InternalError",
     "ServiceUnavailable",
+    # Glacier's; any other 4xx from a vault is permanent (UploadFailed on write: the job fails at once)
+    "RequestTimeoutException",
+    "ServiceUnavailableException",
+    "InsufficientCapacityException",
     "500",
     "502",
     "503",
@@ -146,7 +173,8 @@ def translate(exc: BaseException, url: str, operation: str) -> BaseException:
     code = error_code(exc)
     if code is not None:
         message = exc.response.get("Error", {}).get("Message") or code  # type: ignore[attr-defined]
-        if code in _TRANSIENT or code.startswith("5"):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")  # type: ignore[attr-defined]
+        if code in _TRANSIENT or code.startswith("5") or (isinstance(status, int) and status >= 500):
             return TransientError(url, f"{code}: {message}")
         if code in _DENIED:
             return AccessDenied(url, operation)
@@ -157,9 +185,10 @@ def translate(exc: BaseException, url: str, operation: str) -> BaseException:
                 return SourceChanged(url, "it was overwritten or deleted after it was listed")
         if code == "NoSuchBucket":
             return UploadFailed(url, "the bucket does not exist")
+        if code == "ResourceNotFoundException" and url.startswith("glacier://"):
+            return UploadFailed(url, "the vault (or the upload) does not exist")
         if operation == "write":
             return UploadFailed(url, f"{code}: {message}")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")  # type: ignore[attr-defined]
         return _other(url, code, message, status)
     if isinstance(exc, FileNotFoundError):
         return SourceMissing([url]) if operation == "read" else UploadFailed(url, "the folder does not exist")

@@ -21,8 +21,16 @@ from typing import Any
 from ..config import Settings
 from ..errors import SourceChanged, TransientError
 from ..spec import Location
-from .base import ObjectInfo, SinkOptions, error_code, translate
+from .base import ObjectInfo, RestoreState, SinkOptions, error_code, translate
 from .s3sink import S3Sink, abort_upload
+
+
+def restore_state(header: str | None) -> RestoreState:
+    """``ongoing-request="true"`` while S3 restores; ``ongoing-request="false", expiry-date=...`` once done."""
+    if not header:
+        return "archived"
+    return "ongoing" if 'ongoing-request="true"' in header.replace(" ", "") else "restored"
+
 
 RESUME_ATTEMPTS = 3  # a GET whose connection drops mid-body resumes from where it stopped, this many times
 
@@ -113,7 +121,15 @@ class S3Store:
                 return None
             raise translate(exc, loc.url, "read") from exc
         metadata = {k.lower(): v for k, v in r.get("Metadata", {}).items()}
-        return ObjectInfo(loc, r["ContentLength"], r["LastModified"], r.get("ETag"), r.get("VersionId"), metadata)
+        return ObjectInfo(
+            loc,
+            r["ContentLength"],
+            r["LastModified"],
+            r.get("ETag"),
+            r.get("VersionId"),
+            metadata,
+            storage_class=r.get("StorageClass"),
+        )
 
     async def list(self, loc: Location) -> AsyncIterator[ObjectInfo]:
         s3 = await self.client(loc.bucket)
@@ -127,7 +143,8 @@ class S3Store:
             except Exception as exc:
                 raise translate(exc, loc.url, "read") from exc
             for o in page.get("Contents", ()):
-                yield ObjectInfo(Location("s3", loc.bucket, o["Key"]), o["Size"], o["LastModified"], o.get("ETag"))
+                key = Location("s3", loc.bucket, o["Key"])
+                yield ObjectInfo(key, o["Size"], o["LastModified"], o.get("ETag"), storage_class=o.get("StorageClass"))
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return
@@ -191,6 +208,36 @@ class S3Store:
         if version_id:
             params["VersionId"] = version_id
         return str(await s3.generate_presigned_url("get_object", Params=params, ExpiresIn=expires))
+
+    async def restore_state(self, obj: ObjectInfo) -> RestoreState:
+        """An archived object's restore, from its HEAD's ``x-amz-restore``: none requested, ongoing, or done."""
+        loc = obj.location
+        s3 = await self.client(loc.bucket)
+        kwargs: dict[str, Any] = {"Bucket": loc.bucket, "Key": loc.key}
+        if obj.version_id:
+            kwargs["VersionId"] = obj.version_id
+        try:
+            r = await s3.head_object(**kwargs)
+        except Exception as exc:
+            raise translate(exc, loc.url, "read") from exc
+        return restore_state(r.get("Restore"))
+
+    async def request_restore(self, obj: ObjectInfo, days: int, tier: str) -> None:
+        """Ask S3 to restore an archived object for ``days`` (a restore already running is not an error)."""
+        loc = obj.location
+        s3 = await self.client(loc.bucket)
+        kwargs: dict[str, Any] = {
+            "Bucket": loc.bucket,
+            "Key": loc.key,
+            "RestoreRequest": {"Days": days, "GlacierJobParameters": {"Tier": tier}},
+        }
+        if obj.version_id:
+            kwargs["VersionId"] = obj.version_id
+        try:
+            await s3.restore_object(**kwargs)
+        except Exception as exc:
+            if error_code(exc) != "RestoreAlreadyInProgress":
+                raise translate(exc, loc.url, "read") from exc
 
     async def list_uploads(self, bucket: str) -> builtins.list[dict[str, Any]]:
         """In-progress multipart uploads in ``bucket`` (for the sweeper)."""

@@ -1,0 +1,326 @@
+"""Glacier vaults (``glacier://VAULT``): a second kind of sink, with its own part sizing, results and janitor.
+
+A vault archive is written as a multipart upload, as an S3 object is, but by the vault's rules: every part is
+the same power of two MiB (1 MiB to 4 GiB; only the last may be smaller) at an offset that is a multiple of
+it, sent with its SHA-256 tree hash; the upload is completed with the archive's size and tree hash, which is
+computed from the parts' hashes (``treehash.combine``), so the data is hashed once, on its way out. The vault
+answers with the archive id: vaults cannot list their archives quickly, so the catalog keeps it.
+
+boto3's Glacier client (blocking) runs on a small thread pool, as the S3 sink's does. Any failure aborts the
+upload; errors are translated by ``stores.base.translate`` (a vault's 4xx is permanent: the job fails at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import functools
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+
+from ..config import MAX_PARTS, MiB, Settings
+from ..errors import InvalidJob, LimitExceeded
+from ..spec import Location
+from .base import ObjectInfo, Published, SinkOptions, error_code, translate
+from .treehash import combine, tree_hash
+
+MIN_PART_SIZE = 1 * MiB  # a vault's smallest part size
+MAX_PART_SIZE = 4 * 2**30  # and largest: 10,000 parts of 4 GiB make its largest archive, 40 TiB
+ABORT_ATTEMPTS = 3
+
+
+def vault_part_size(configured: int, size_bound: int = 0) -> int:
+    """``configured`` rounded up to a power of two MiB (8 MiB stays 8 MiB), raised so that an archive of
+    ``size_bound`` bytes fits in MAX_PARTS parts. Raises LimitExceeded past 4 GiB parts (a 40 TiB archive)."""
+    needed = max(configured, math.ceil(size_bound / MAX_PARTS), MIN_PART_SIZE)
+    size = MiB << max(0, math.ceil(math.log2(math.ceil(needed / MiB))))
+    if size > MAX_PART_SIZE:
+        raise LimitExceeded("sources", size_bound, "the archive could exceed a Glacier vault's 40 TiB archive limit")
+    return size
+
+
+def _timestamp(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+class GlacierStore:
+    """Vaults as the engine and the janitor see them: a sink, the uploads in progress, retrieval jobs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pool = ThreadPoolExecutor(settings.upload_concurrency + 1, thread_name_prefix="bucketzip-vault")
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def client(self) -> Any:
+        """boto3's Glacier client (account ``-``: the credentials' own), made once; thread-safe."""
+        with self._lock:
+            if self._client is None:
+                import boto3
+                from botocore.config import Config
+
+                s = self.settings
+                session = boto3.session.Session(**s.boto3_session_options())
+                config = Config(
+                    max_pool_connections=s.upload_concurrency + 4, retries={"mode": "standard", "max_attempts": 5}
+                )
+                self._client = session.client("glacier", endpoint_url=s.glacier_endpoint_url, config=config)
+            return self._client
+
+    async def call(self, url: str, operation: str, method: str, **kwargs: Any) -> Any:
+        """``client.<method>(**kwargs)`` on the pool; errors translated for ``url``."""
+        loop = asyncio.get_running_loop()
+        try:
+            client = await loop.run_in_executor(self.pool, self.client)
+            return await loop.run_in_executor(self.pool, functools.partial(getattr(client, method), **kwargs))
+        except Exception as exc:
+            raise translate(exc, url, operation) from exc
+
+    # --- the Store protocol: a vault is a destination only (the spec refuses it as a source) ---
+
+    async def head(self, loc: Location) -> ObjectInfo | None:
+        # The engine looks up a destination before writing it (was it published by an earlier run?): a vault
+        # gives each archive a new id and cannot be asked about it, so there is never a prior archive.
+        if not loc.key:
+            return None
+        raise InvalidJob("sources", loc.url, "a Glacier vault can only be a destination")
+
+    async def list(self, loc: Location) -> AsyncIterator[ObjectInfo]:
+        raise InvalidJob("sources", loc.url, "a Glacier vault can only be a destination")
+        yield  # pragma: no cover
+
+    async def read(self, obj: ObjectInfo, chunk_size: int) -> AsyncIterator[bytes]:
+        raise InvalidJob("sources", obj.location.url, "a Glacier vault can only be a destination")
+        yield  # pragma: no cover
+
+    async def presign(self, loc: Location, version_id: str | None, expires: int) -> str | None:
+        return None  # a vault archive has no URL
+
+    async def open_sink(self, dest: Location, options: SinkOptions) -> GlacierSink:
+        part_size = vault_part_size(options.part_size)
+        client = await asyncio.get_running_loop().run_in_executor(self.pool, self.client)
+        return GlacierSink(client, self.pool, dest, options, part_size)
+
+    # --- the janitor ---
+
+    async def list_uploads(self, vault: str) -> builtins.list[dict[str, Any]]:
+        """The vault's multipart uploads in progress, as the sweeper reads S3's: UploadId, Key, Initiated."""
+        out: builtins.list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"vaultName": vault}
+        while True:
+            page = await self.call(f"glacier://{vault}", "read", "list_multipart_uploads", **kwargs)
+            for up in page.get("UploadsList", ()):
+                out.append(
+                    {"UploadId": up["MultipartUploadId"], "Key": "", "Initiated": _timestamp(up["CreationDate"])}
+                )
+            if not page.get("Marker"):
+                return out
+            kwargs["marker"] = page["Marker"]
+
+    async def abort_upload(self, vault: str, key: str, upload_id: str) -> None:
+        client = await asyncio.get_running_loop().run_in_executor(self.pool, self.client)
+        await asyncio.get_running_loop().run_in_executor(self.pool, abort_upload, client, vault, upload_id)
+
+    # --- retrieval jobs (``bucketzip retrieve``) ---
+
+    async def retrievals(self, vault: str, archive_id: str) -> builtins.list[dict[str, Any]]:
+        """The vault's retrieval jobs of ``archive_id`` not failed, newest first."""
+        found: builtins.list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"vaultName": vault}
+        while True:
+            page = await self.call(f"glacier://{vault}", "read", "list_jobs", **kwargs)
+            found += [
+                j
+                for j in page.get("JobList", ())
+                if j.get("ArchiveId") == archive_id
+                and j.get("Action") == "ArchiveRetrieval"
+                and j.get("StatusCode") != "Failed"
+            ]
+            if not page.get("Marker"):
+                return sorted(found, key=lambda j: j.get("CreationDate", ""), reverse=True)
+            kwargs["marker"] = page["Marker"]
+
+    async def start_retrieval(self, vault: str, archive_id: str, tier: str) -> str:
+        params = {"Type": "archive-retrieval", "ArchiveId": archive_id, "Tier": tier}
+        url = f"glacier://{vault}/{archive_id}"
+        r = await self.call(url, "read", "initiate_job", vaultName=vault, jobParameters=params)
+        return str(r["jobId"])
+
+    async def describe(self, vault: str, job_id: str) -> dict[str, Any]:
+        r = await self.call(f"glacier://{vault}", "read", "describe_job", vaultName=vault, jobId=job_id)
+        return {k: v for k, v in r.items() if k != "ResponseMetadata"}
+
+    async def output(self, vault: str, job_id: str, chunk_size: int) -> AsyncIterator[bytes]:
+        """A finished retrieval job's bytes, streamed in chunks of ``chunk_size``."""
+        loop = asyncio.get_running_loop()
+        url = f"glacier://{vault}"
+        r = await self.call(url, "read", "get_job_output", vaultName=vault, jobId=job_id)
+        body = r["body"]
+        try:
+            while True:
+                try:
+                    chunk = await loop.run_in_executor(self.pool, body.read, chunk_size)
+                except Exception as exc:
+                    raise translate(exc, url, "read") from exc
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            body.close()
+
+
+def abort_upload(client: Any, vault: str, upload_id: str) -> None:
+    """Abort a vault upload (blocking), retrying; an upload already gone counts as aborted."""
+    for attempt in range(ABORT_ATTEMPTS):
+        try:
+            client.abort_multipart_upload(vaultName=vault, uploadId=upload_id)
+            return
+        except Exception as exc:
+            if error_code(exc) in ("ResourceNotFoundException", "404"):
+                return
+            if attempt == ABORT_ATTEMPTS - 1:
+                raise translate(exc, f"glacier://{vault}", "write") from exc
+            time.sleep(0.2 * 2**attempt)
+
+
+class GlacierSink:
+    """Cuts the stream into ``part_size`` parts and uploads ``concurrency`` at a time while the next fills;
+    ``write`` waits while that many are in flight, bounding memory at about ``(concurrency + 2) * part_size``.
+    Each part's tree hash is computed on the pool thread that uploads it. The upload is created with the
+    first write, so an archive whose making fails before then leaves nothing to abort."""
+
+    def __init__(
+        self, client: Any, pool: ThreadPoolExecutor, dest: Location, options: SinkOptions, part_size: int
+    ) -> None:
+        self.client, self.pool, self.dest, self.options = client, pool, dest, options
+        self.vault = dest.bucket
+        self.part_size = part_size
+        self.upload_id: str | None = None
+        self._buffer = bytearray()
+        self._size = 0
+        self._offset = 0  # where the next part starts
+        self._hashes: dict[int, bytes] = {}  # part offset -> its tree hash
+        self._inflight: set[Future[None]] = set()
+        self._slots = asyncio.Semaphore(options.concurrency)
+        self._failure: BaseException | None = None
+        self._closed = False
+
+    async def _call(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.pool, functools.partial(fn, **kwargs))
+        except Exception as exc:
+            raise translate(exc, self.dest.url, "write") from exc
+
+    async def write(self, data: bytes) -> None:
+        self._check()
+        self._size += len(data)
+        size = self.part_size
+        if not self._buffer and len(data) == size:
+            await self._submit(data)
+            return
+        self._buffer += data
+        while len(self._buffer) >= size:
+            part = bytes(memoryview(self._buffer)[:size])
+            del self._buffer[:size]
+            await self._submit(part)
+
+    async def _start(self) -> None:
+        args: dict[str, Any] = {"vaultName": self.vault, "partSize": str(self.part_size)}
+        if self.options.description:
+            args["archiveDescription"] = self.options.description
+        r = await self._call(self.client.initiate_multipart_upload, **args)
+        self.upload_id = r["uploadId"]
+        if self.options.on_upload:
+            self.options.on_upload(r["uploadId"])
+
+    async def _submit(self, part: bytes) -> None:
+        if self.upload_id is None:
+            await self._start()
+        await self._slots.acquire()
+        if self._failure is not None:
+            self._slots.release()
+            raise self._failure
+        offset = self._offset
+        self._offset += len(part)
+        loop = asyncio.get_running_loop()
+        future = self.pool.submit(self._upload, offset, part)
+        self._inflight.add(future)
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._uploaded, f))
+
+    def _upload(self, offset: int, part: bytes) -> None:  # on a pool thread
+        checksum = tree_hash(part)
+        self.client.upload_multipart_part(
+            vaultName=self.vault,
+            uploadId=self.upload_id,
+            range=f"bytes {offset}-{offset + len(part) - 1}/*",
+            checksum=checksum.hex(),
+            body=part,
+        )
+        self._hashes[offset] = checksum
+
+    def _uploaded(self, future: Future[None]) -> None:  # back on the loop
+        self._inflight.discard(future)
+        self._slots.release()
+        exc = future.exception() if not future.cancelled() else None
+        if exc is not None and self._failure is None:
+            self._failure = translate(exc, self.dest.url, "write")
+
+    async def _drain(self) -> None:
+        pending = [asyncio.wrap_future(f) for f in self._inflight]
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                raise r
+
+    def _check(self) -> None:
+        if self._closed:
+            raise RuntimeError("the sink is closed")
+        if self._failure is not None:
+            raise self._failure
+
+    async def commit(self) -> Published:
+        self._check()
+        if self._buffer or self.upload_id is None:  # the last part may be smaller (or the only one)
+            await self._submit(bytes(self._buffer))
+        self._buffer = bytearray()
+        with contextlib.suppress(Exception):
+            await self._drain()  # a failure is recorded by _uploaded and raised by _check
+        await asyncio.sleep(0)
+        self._check()
+        checksum = combine([self._hashes[o] for o in sorted(self._hashes)]).hex()
+        r = await self._call(
+            self.client.complete_multipart_upload,
+            vaultName=self.vault,
+            uploadId=self.upload_id,
+            archiveSize=str(self._size),
+            checksum=checksum,
+        )
+        self._closed = True
+        return Published(
+            self._size,
+            None,
+            None,
+            len(self._hashes),
+            part_size=self.part_size,
+            archive_id=r["archiveId"],
+            tree_hash=r.get("checksum") or checksum,
+        )
+
+    async def abort(self) -> None:
+        """Let part uploads in flight finish, then abort the vault upload: no archive, no parts left behind."""
+        self._closed = True
+        self._buffer = bytearray()
+        for future in list(self._inflight):
+            future.cancel()
+        with contextlib.suppress(Exception):
+            await self._drain()
+        if self.upload_id is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self.pool, abort_upload, self.client, self.vault, self.upload_id)
