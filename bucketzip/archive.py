@@ -3,14 +3,34 @@
 No I/O, no Celery, no boto. Two faces over one implementation:
 
 * ``stream_zip(members)``: an iterable of ``Member`` -> an iterator of ZIP bytes (like stream-zip);
-* ``ZipWriter``: the same as push calls (``begin``/``write``/``end``/``finish``, each returning bytes), which
-  the engine drives from its async pipeline, doing the CPU-heavy ``write`` on a worker thread.
+* ``ZipWriter``: the same as push calls (``add`` for a whole entry; ``begin``/``write``/``end`` for a streamed
+  one; ``finish``), each returning bytes, which the engine drives from its pipeline.
 
-Every entry uses a data descriptor (general purpose flag bit 3), so nothing is seeked back over. ZIP64 is used
-exactly where needed: for an entry whose size may reach 4 GiB (its local header carries a ZIP64 extra field and
-its data descriptor 8-byte sizes), for a local header offset past 4 GiB, and for the end records when there are
-more than 65,535 entries or the central directory starts or ends past 4 GiB. Names are UTF-8, flagged (bit 11)
-when not ASCII. Times are DOS local-free wall time plus the UTC extended-timestamp field (0x5455).
+What every reader can open, streaming ones included (each rule cites where a reader was seen to break):
+
+* A STORED entry carries its CRC-32 and sizes in its local header and has no data descriptor: a reader that
+  streams from the front cannot find the end of stored data otherwise, and Java's ``ZipInputStream`` refuses
+  "only DEFLATED entries can have EXT descriptor" (so does stream-unzip). The writer therefore needs a stored
+  entry's CRC-32 *before* its data: ``add`` computes it from the whole entry; a streamed stored entry is given
+  it (``begin(crc32=...)``) and the writer checks the data against it (``EntryMismatch``).
+* A streamed DEFLATE entry has a data descriptor (flag bit 3): DEFLATE marks its own end, so every streaming
+  reader finds it. Its sizes are 4 bytes unless the entry is ZIP64 (zip4j#86: macOS Archive Utility fails on
+  8-byte sizes in the descriptor of a non-ZIP64 entry).
+* ZIP64 only where a field cannot hold the value: an entry whose size (or, for DEFLATE, its bound) reaches
+  0xFFFFFFFF, a local header at or past that offset, 0xFFFF or more entries, a central directory at or past
+  4 GiB. A value *equal* to 0xFFFF/0xFFFFFFFF is the "see ZIP64" marker, so it counts as overflowing
+  (minizip-ng#596: 65,535 entries without a ZIP64 end record could not be opened; libarchive#1834: an entry
+  of exactly 4294967295 bytes). ZIP64 everywhere is what broke Archive Utility in ZipStream-PHP#116, #76, #49
+  and PHPZipStreamer#16. An entry that is ZIP64 gets the ZIP64 extra field in its local header too, with both
+  sizes (stream-zip#27: Archive Utility's "Error 79" when a local header says 0xFFFFFFFF without one; Java's
+  ``ZipInputStream`` reads LOC ZIP64 sizes only from a 16-byte field).
+* More than 65,535 entries: 0xFFFF in the classic end record and the true count in the ZIP64 end record
+  (ZIPFoundation#197, minizip-ng#457, sharpcompress#792 show readers that trusted the 16-bit count).
+
+Names are UTF-8, flagged (bit 11) when not ASCII. Times: the DOS date and time of the UTC wall clock, clamped
+to DOS's 1980-2107, plus the extended timestamp (0x5455) with the exact second, written whenever it is in
+0..2**31-1, the range every reader agrees on (the field is signed for Info-ZIP and Java, unsigned for 7-Zip
+and libarchive).
 """
 
 from __future__ import annotations
@@ -33,8 +53,8 @@ Method = Literal["store", "deflate", "auto"]
 STORE = 0  # compression method numbers from APPNOTE 4.4.5
 DEFLATE = 8
 
-ZIP32_MAX = 0xFFFF_FFFF
-ZIP32_MAX_ENTRIES = 0xFFFF
+ZIP32_MAX = 0xFFFF_FFFF  # a 32-bit field holding this value means "see the ZIP64 field"
+ZIP32_MAX_ENTRIES = 0xFFFF  # likewise for the 16-bit entry counts
 AUTO_PROBE_BYTES = 64 * 2**10  # how much of an entry 'auto' compresses to decide
 AUTO_MIN_SAVING = 0.05  # store unless the probe shrank by at least this much
 VERSION_MADE_BY = (3 << 8) | 45  # Unix, spec 4.5
@@ -76,15 +96,49 @@ def choose_method(name: str, method: Method) -> Method:
     return method
 
 
+def resolve_method(name: str, method: Method, level: int, first: bytes) -> Literal["store", "deflate"]:
+    """STORE or DEFLATE for an entry whose data starts with ``first``: level 0 stores everything; 'auto'
+    stores by extension, else when the first ``AUTO_PROBE_BYTES`` do not shrink by ``AUTO_MIN_SAVING``."""
+    if level == 0:
+        return "store"
+    method = choose_method(name, method)
+    if method == "auto":
+        return "deflate" if _shrinks(first[:AUTO_PROBE_BYTES], level) else "store"
+    return method
+
+
+def may_need_zip64(size: int | None) -> bool:
+    """Whether an entry of ``size`` bytes might need ZIP64, whatever its method: DEFLATE can grow
+    incompressible data by ~0.03%; the margin here is ~0.2%."""
+    return size is None or size + size // 512 + 1024 >= ZIP32_MAX
+
+
+class EntryMismatch(ValueError):
+    """A streamed entry's data did not match the CRC-32 or size declared in its local header."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(name, reason)
+        self.name, self.reason = name, reason
+
+    def __str__(self) -> str:
+        return f"{self.name!r}: {self.reason}"
+
+
 @dataclass(frozen=True)
 class Member:
-    """One entry for ``stream_zip``: its name, time, method, size if known, and its bytes."""
+    """One entry for ``stream_zip``: its name, time, method, size and CRC-32 if known, and its bytes.
+
+    ``chunks`` as a list or tuple is data already in memory: the entry is written whole, with no data
+    descriptor. Any other iterable is streamed; to STORE it the size and CRC-32 must be given, since a stored
+    entry declares them before its data ('auto' deflates it otherwise).
+    """
 
     name: str
     modified: datetime
     chunks: Iterable[bytes]
     method: Method = "auto"
-    size: int | None = None  # None: unknown, so the entry is written as ZIP64 to be safe
+    size: int | None = None  # None: unknown, so a streamed DEFLATE entry is written as ZIP64 to be safe
+    crc32: int | None = None
 
 
 @dataclass
@@ -95,6 +149,8 @@ class _Entry:
     method: int
     zip64: bool
     offset: int
+    descriptor: bool  # sizes and CRC-32 after the data (streamed DEFLATE), else in the local header
+    declared: tuple[int, int] | None = None  # (crc-32, size) a streamed STORED entry declared up front
     crc: int = 0
     compressed: int = 0
     uncompressed: int = 0
@@ -103,8 +159,8 @@ class _Entry:
 class ZipWriter:
     """Push-style ZIP writer. Each call returns the bytes to append to the output, in order.
 
-    ``begin`` records the entry; the local header is emitted with the first ``write`` (or ``end``), once an
-    'auto' entry has seen enough of its data to choose between STORE and DEFLATE.
+    ``add`` writes a whole entry. ``begin`` records a streamed one; its local header is emitted with the first
+    ``write`` (or ``end``), once an 'auto' entry has seen enough of its data to choose STORE or DEFLATE.
     """
 
     def __init__(self, level: int = 6, compressor: Callable[[int], Compressor] = raw_deflate) -> None:
@@ -113,7 +169,7 @@ class ZipWriter:
         self._offset = 0
         self._entries: list[_Entry] = []
         self._current: _Entry | None = None
-        self._pending: tuple[str, datetime, Method, int | None] | None = None
+        self._pending: tuple[str, datetime, Method, int | None, int | None] | None = None
         self._compressor: Compressor | None = None
         self._finished = False
 
@@ -126,16 +182,32 @@ class ZipWriter:
     def entry_count(self) -> int:
         return len(self._entries)
 
-    def begin(self, name: str, modified: datetime, method: Method = "auto", size: int | None = None) -> bytes:
-        if self._current is not None or self._pending is not None:
-            raise RuntimeError(f"begin({name!r}) before the previous entry ended")
-        if self._finished:
-            raise RuntimeError("the archive is finished")
-        if not name or name.startswith("/"):
-            raise ValueError(f"bad entry name {name!r}")
-        if self._level == 0:  # zlib's level 0 means no compression
-            method = "store"
-        self._pending = (name, modified, choose_method(name, method), size)
+    def add(self, name: str, modified: datetime, method: Method = "auto", data: bytes = b"") -> bytes:
+        """A whole entry: CRC-32 and sizes in its local header, no data descriptor. For data in memory."""
+        self._check_begin(name)
+        code = DEFLATE if resolve_method(name, method, self._level, data) == "deflate" else STORE
+        body = data
+        if code == DEFLATE:
+            compressor = self._make_compressor(self._level)
+            body = compressor.compress(data)
+            body += compressor.flush()
+        zip64 = len(data) >= ZIP32_MAX or len(body) >= ZIP32_MAX
+        entry = _Entry(name.encode(), not name.isascii(), modified, code, zip64, self._offset, descriptor=False)
+        entry.crc, entry.compressed, entry.uncompressed = crc32(data, 0), len(body), len(data)
+        self._entries.append(entry)
+        return self._emit(_local_header(entry, entry.crc, entry.compressed, entry.uncompressed) + body)
+
+    def begin(
+        self,
+        name: str,
+        modified: datetime,
+        method: Method = "auto",
+        size: int | None = None,
+        crc32: int | None = None,
+    ) -> bytes:
+        """Start a streamed entry of ``size`` bytes. ``crc32`` (with ``size``) lets it be STORED."""
+        self._check_begin(name)
+        self._pending = (name, modified, method, size, crc32)
         return b""
 
     def write(self, data: bytes) -> bytes:
@@ -146,25 +218,39 @@ class ZipWriter:
             return self._emit(out)  # the local header, when this empty write opened the entry
         entry.crc = crc32(data, entry.crc)
         entry.uncompressed += len(data)
+        if entry.declared is not None and entry.uncompressed > entry.declared[1]:
+            raise EntryMismatch(entry.name.decode(), f"more than the {entry.declared[1]} bytes declared")
         if self._compressor is not None:
             data = self._compressor.compress(data)
         entry.compressed += len(data)
-        if not entry.zip64 and (entry.uncompressed > ZIP32_MAX or entry.compressed > ZIP32_MAX):
-            raise ValueError(f"{entry.name!r} passed 4 GiB but was declared smaller; give its true size")
+        if not entry.zip64 and (entry.uncompressed >= ZIP32_MAX or entry.compressed >= ZIP32_MAX):
+            raise ValueError(f"{entry.name!r} reached 4 GiB but was declared smaller; give its true size")
         return self._emit(out + data)
 
     def end(self) -> bytes:
-        """Close the current entry: flush the compressor and write its data descriptor."""
+        """Close the current entry: flush the compressor and write its data descriptor (DEFLATE), or check
+        the data against the CRC-32 and size its header declared (STORE)."""
         out = self._open(b"") if self._current is None else b""
         entry = self._current
         assert entry is not None
+        if entry.declared is not None:
+            crc, size = entry.declared
+            if (entry.crc, entry.uncompressed) != (crc, size):
+                raise EntryMismatch(
+                    entry.name.decode(),
+                    f"read {entry.uncompressed} bytes with CRC-32 {entry.crc:08x}, "
+                    f"but its header declares {size} bytes with CRC-32 {crc:08x}",
+                )
+            self._entries.append(entry)
+            self._current = None
+            return self._emit(out)
         if self._compressor is not None:
             tail = self._compressor.flush()
             entry.compressed += len(tail)
             out += tail
             self._compressor = None
-        if not entry.zip64 and entry.compressed > ZIP32_MAX:
-            raise ValueError(f"{entry.name!r} compressed past 4 GiB but was declared smaller")
+        if not entry.zip64 and entry.compressed >= ZIP32_MAX:
+            raise ValueError(f"{entry.name!r} compressed to 4 GiB but was declared smaller")
         if entry.zip64:
             descriptor = struct.pack(
                 "<IIQQ",
@@ -178,7 +264,7 @@ class ZipWriter:
                 "<IIII",
                 0x08074B50,  # data descriptor signature
                 entry.crc,  # crc-32
-                entry.compressed,  # compressed size
+                entry.compressed,  # compressed size (4 bytes: zip4j#86, Archive Utility wants them so)
                 entry.uncompressed,  # uncompressed size
             )
         self._entries.append(entry)
@@ -194,7 +280,8 @@ class ZipWriter:
         directory = b"".join(_central_record(e) for e in self._entries)
         end = start + len(directory)
         count = len(self._entries)
-        need64 = count > ZIP32_MAX_ENTRIES or start > ZIP32_MAX or len(directory) > ZIP32_MAX
+        # A value equal to a field's maximum already means "see ZIP64" to readers (minizip-ng#596).
+        need64 = count >= ZIP32_MAX_ENTRIES or start >= ZIP32_MAX or len(directory) >= ZIP32_MAX
         tail = b""
         if need64:
             tail += struct.pack(
@@ -232,49 +319,39 @@ class ZipWriter:
 
     # --- internals ---
 
+    def _check_begin(self, name: str) -> None:
+        if self._current is not None or self._pending is not None:
+            raise RuntimeError(f"entry {name!r} started before the previous entry ended")
+        if self._finished:
+            raise RuntimeError("the archive is finished")
+        if not name or name.startswith("/"):
+            raise ValueError(f"bad entry name {name!r}")
+
     def _open(self, first: bytes) -> bytes:
         """Emit the pending entry's local header, choosing STORE or DEFLATE for 'auto' from ``first``."""
         if self._pending is None:
             raise RuntimeError("write() or end() outside an entry")
-        name, modified, method, size = self._pending
+        name, modified, method, size, crc = self._pending
         self._pending = None
-        if method == "auto":
-            method = "deflate" if _shrinks(first[:AUTO_PROBE_BYTES], self._level) else "store"
-        code = DEFLATE if method == "deflate" else STORE
-        # Deflate can grow incompressible data by ~0.03%; leave room so a near-4 GiB entry is ZIP64 too.
-        zip64 = size is None or size + size // 512 + 1024 > ZIP32_MAX
-        encoded = name.encode()
-        entry = _Entry(encoded, not name.isascii(), modified, code, zip64, self._offset)
-        self._current = entry
-        self._compressor = self._make_compressor(self._level) if code == DEFLATE else None
-        extra = _timestamp_extra(modified)
-        if zip64:
-            extra = (
-                struct.pack(
-                    "<HHQQ",
-                    0x0001,  # zip64 extended information extra field
-                    16,  # size of the data that follows
-                    0,  # uncompressed size (in the data descriptor)
-                    0,  # compressed size (in the data descriptor)
+        resolved = resolve_method(name, method, self._level, first)
+        if resolved == "store" and (size is None or crc is None):
+            if method != "auto" or self._level == 0:
+                raise ValueError(
+                    f"{name!r}: a streamed STORED entry needs its size and CRC-32 before its data "
+                    "(begin(size=..., crc32=...)); or add() the whole entry"
                 )
-                + extra
-            )
-        dos_time, dos_date = _dos_datetime(modified)
-        header = struct.pack(
-            "<IHHHHHIIIHH",
-            0x04034B50,  # local file header signature
-            45 if zip64 else 20,  # version needed to extract
-            _flags(entry),  # general purpose bit flag
-            code,  # compression method
-            dos_time,  # last mod file time
-            dos_date,  # last mod file date
-            0,  # crc-32 (in the data descriptor)
-            ZIP32_MAX if zip64 else 0,  # compressed size (in the data descriptor)
-            ZIP32_MAX if zip64 else 0,  # uncompressed size (in the data descriptor)
-            len(encoded),  # file name length
-            len(extra),  # extra field length
-        )
-        return header + encoded + extra
+            resolved = "deflate"  # 'auto' without a CRC-32 up front: DEFLATE ends itself, STORE cannot
+        encoded = name.encode()
+        if resolved == "store":
+            assert size is not None and crc is not None
+            entry = _Entry(encoded, not name.isascii(), modified, STORE, size >= ZIP32_MAX, self._offset, False)
+            entry.declared = (crc, size)
+            self._current, self._compressor = entry, None
+            return _local_header(entry, crc, size, size)
+        entry = _Entry(encoded, not name.isascii(), modified, DEFLATE, may_need_zip64(size), self._offset, True)
+        self._current = entry
+        self._compressor = self._make_compressor(self._level)
+        return _local_header(entry, 0, 0, 0)  # crc-32 and sizes: in the data descriptor
 
     def _emit(self, data: bytes) -> bytes:
         self._offset += len(data)
@@ -285,7 +362,10 @@ def stream_zip(members: Iterable[Member], level: int = 6) -> Iterator[bytes]:
     """Yield a ZIP archive of ``members``, one entry after another, in constant memory."""
     writer = ZipWriter(level)
     for member in members:
-        writer.begin(member.name, member.modified, member.method, member.size)
+        if isinstance(member.chunks, list | tuple):
+            yield writer.add(member.name, member.modified, member.method, b"".join(member.chunks))
+            continue
+        writer.begin(member.name, member.modified, member.method, member.size, member.crc32)
         for chunk in member.chunks:
             out = writer.write(chunk)
             if out:
@@ -303,7 +383,40 @@ def _shrinks(sample: bytes, level: int) -> bool:
 
 
 def _flags(entry: _Entry) -> int:
-    return 0x0008 | (0x0800 if entry.utf8 else 0)  # bit 3: data descriptor; bit 11: UTF-8 name
+    return (0x0008 if entry.descriptor else 0) | (0x0800 if entry.utf8 else 0)  # bit 3: data descriptor
+
+
+def _local_header(entry: _Entry, crc: int, compressed: int, uncompressed: int) -> bytes:
+    """The local file header; ``crc`` and the sizes are zeros when a data descriptor follows the data."""
+    extra = _timestamp_extra(entry.modified)
+    if entry.zip64:
+        extra = (
+            struct.pack(
+                "<HHQQ",
+                0x0001,  # zip64 extended information extra field (both sizes: Java reads only 16 bytes)
+                16,  # size of the data that follows
+                uncompressed,  # uncompressed size
+                compressed,  # compressed size
+            )
+            + extra
+        )
+        compressed = uncompressed = ZIP32_MAX
+    dos_time, dos_date = _dos_datetime(entry.modified)
+    header = struct.pack(
+        "<IHHHHHIIIHH",
+        0x04034B50,  # local file header signature
+        45 if entry.zip64 else 20,  # version needed to extract
+        _flags(entry),  # general purpose bit flag
+        entry.method,  # compression method
+        dos_time,  # last mod file time
+        dos_date,  # last mod file date
+        crc,  # crc-32
+        compressed,  # compressed size (0xFFFFFFFF: in the ZIP64 field)
+        uncompressed,  # uncompressed size
+        len(entry.name),  # file name length
+        len(extra),  # extra field length
+    )
+    return header + entry.name + extra
 
 
 def _dos_datetime(moment: datetime) -> tuple[int, int]:
@@ -338,7 +451,7 @@ def _central_record(e: _Entry) -> bytes:
     zip64_fields: list[int] = []
     if e.zip64:  # sizes as in the local header's ZIP64 field
         zip64_fields += [e.uncompressed, e.compressed]
-    offset64 = e.offset > ZIP32_MAX
+    offset64 = e.offset >= ZIP32_MAX
     if offset64:
         zip64_fields.append(e.offset)
     extra = b""

@@ -80,6 +80,9 @@ class Settings:
     # --- the archive ---
     part_size: int = field(default=8 * MiB, metadata={"parse": _size})
     compression_level: int = field(default=6, metadata={"parse": int})  # zlib's scale, 0-9
+    # Use a source's full-object CRC-32 checksum (S3's ChecksumCRC32) for a STORED entry, which must declare
+    # its CRC-32 before its data; without one, such an object is read twice (see entries.py).
+    source_checksums: bool = field(default=True, metadata={"parse": _bool})
 
     # --- limits on a job (a job over one is invalid before any byte is written) ---
     max_entries: int = field(default=100_000, metadata={"parse": int})

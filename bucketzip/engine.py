@@ -19,11 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
-from .archive import ZipWriter
+from .archive import EntryMismatch, ZipWriter, may_need_zip64
 from .archived import settle
 from .config import MAX_PARTS, MiB, Settings
 from .deflate import parallel_deflate
-from .errors import RestorePending, SourceMissing
+from .entries import EntryReader
+from .errors import RestorePending, SourceChanged, SourceMissing
 from .prefetch import Prefetcher
 from .selection import Entry, Selection, select, sources_digest
 from .spec import JobSpec
@@ -163,7 +164,8 @@ async def build_archive(
     else:
         sel, prior = await select(spec, settings, stores), None
     if sel.missing and spec.on_missing == "fail":
-        raise SourceMissing(sel.missing)
+        globs = {s.url for s in spec.sources if s.kind == "glob"}
+        raise SourceMissing(sel.missing, [u for u in sel.missing if u in globs])
     await settle(sel, spec, settings, stores, on_waiting)
     skipped = [{"url": u, "reason": "not found"} for u in sel.missing] + sel.skipped
 
@@ -184,7 +186,8 @@ async def build_archive(
     level = settings.compression_level if spec.compression_level is None else spec.compression_level
     sink = await dest_store.open_sink(spec.destination, options)
     try:
-        written = await _pipeline(sel.entries, spec, settings, stores, sink.write, level, part_size, tracker, skipped)
+        entries = zip64_not_first(sel.entries)
+        written = await _pipeline(entries, spec, settings, stores, sink.write, level, part_size, tracker, skipped)
         result = JobResult(
             destination=spec.destination.url,
             size=0,
@@ -259,6 +262,16 @@ def default_description(spec: JobSpec) -> str:
     return f"bucketzip archive {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
 
 
+def zip64_not_first(entries: list[Entry]) -> list[Entry]:
+    """The entries, with one that cannot need ZIP64 moved to the front if the first one might: a first entry
+    that is ZIP64 is among the macOS Archive Utility failures collected in issue 10. Order is otherwise kept."""
+    if entries and may_need_zip64(entries[0].obj.size):
+        for k, entry in enumerate(entries):
+            if not may_need_zip64(entry.obj.size):
+                return [entry, *entries[:k], *entries[k + 1 :]]
+    return entries
+
+
 async def _pipeline(
     entries: list[Entry],
     spec: JobSpec,
@@ -271,30 +284,30 @@ async def _pipeline(
     skipped: list[dict[str, str]],
 ) -> list[Entry]:
     written: list[Entry] = []
-
-    def read(entry: Entry) -> Any:
-        return stores(entry.obj.location.protocol).read(entry.obj, settings.chunk_size)
-
+    reader = EntryReader(entries, stores, settings.chunk_size, spec.compression, level)
     threads = settings.deflate_threads
     pool = ThreadPoolExecutor(threads, thread_name_prefix="bucketzip-deflate") if threads > 1 else None
     # Up to two blocks per thread in flight: one deflating, one queued behind it.
     writer = ZipWriter(level, parallel_deflate(pool, 2 * threads)) if pool else ZipWriter(level)
     stage = ZipStage(writer, emit, block=part_size)
     try:
-        async with Prefetcher(entries, read, settings.read_buffer, settings.read_concurrency) as ahead:
+        ahead = Prefetcher(range(len(entries)), reader.read, settings.read_buffer, settings.read_concurrency)
+        async with ahead:
             for i, entry in enumerate(entries):
                 tracker.current = entry.name
-                begin = (entry.name, entry.obj.modified, spec.compression, entry.obj.size)
                 started = False
                 try:
-                    if entry.obj.size <= settings.chunk_size:  # one chunk (or none): one hand-over, not three
+                    if reader.whole(i):  # one chunk (or none): one hand-over, CRC-32 in the local header
                         data = b"".join([c async for c in ahead.chunks(i)])
-                        await stage.entry(*begin, data)
+                        await stage.entry(entry.name, entry.obj.modified, spec.compression, data)
                         tracker.bytes_done += len(data)
                     else:
                         async for chunk in ahead.chunks(i):
                             if not started:
-                                await stage.begin(*begin)
+                                plan = reader.plans.pop(i)
+                                await stage.begin(
+                                    entry.name, entry.obj.modified, plan.method, entry.obj.size, plan.crc32
+                                )
                                 started = True
                             await stage.write(chunk)
                             tracker.bytes_done += len(chunk)
@@ -311,6 +324,11 @@ async def _pipeline(
                 tracker.files_done += 1
                 tracker.report()
         await stage.finish()
+    except EntryMismatch as exc:
+        # A STORED entry's bytes differ from the CRC-32 its header declared: the object changed between its
+        # two reads, or the store's checksum was not of these bytes. The archive would be wrong: fail.
+        url = next((e.obj.location.url for e in entries if e.name == exc.name), exc.name)
+        raise SourceChanged(url, f"its bytes do not match the CRC-32 declared for them ({exc.reason})") from exc
     finally:
         await stage.close()
         if pool is not None:

@@ -68,15 +68,23 @@ class JobConflict(InvalidJob):
 
 
 class SourceMissing(BucketzipError):
-    """Objects named by the job do not exist (and on_missing is "fail")."""
+    """Objects named by the job do not exist (and on_missing is "fail"). ``globs``: those of ``urls`` that
+    were read as glob patterns, which the message points to ``"literal": true`` for."""
 
-    def __init__(self, urls: list[str]) -> None:
-        super().__init__(list(urls))
+    def __init__(self, urls: list[str], globs: list[str] | None = None) -> None:
+        super().__init__(list(urls), list(globs or ()))
         self.urls = list(urls)
+        self.globs = list(globs or ())
 
     def __str__(self) -> str:
         shown = ", ".join(self.urls[:10]) + (f" and {len(self.urls) - 10} more" if len(self.urls) > 10 else "")
-        return f"{len(self.urls)} source(s) not found: {shown}"
+        text = f"{len(self.urls)} source(s) not found: {shown}"
+        if self.globs:
+            text += (
+                f" ({self.globs[0]} is a glob pattern, since it holds * ? or [; to name a key that holds these"
+                ' characters, give the source as {"url": ..., "literal": true})'
+            )
+        return text
 
 
 class SourceChanged(BucketzipError):

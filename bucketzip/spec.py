@@ -78,12 +78,14 @@ class Location:
 
 @dataclass(frozen=True)
 class Source:
-    """One item of ``sources``: an object, a prefix (URL ends in ``/``) or a glob."""
+    """One item of ``sources``: an object, a prefix (URL ends in ``/``) or a glob; with ``literal``, always
+    exactly one object, whatever characters its key holds."""
 
     url: str
     location: Location
     kind: SourceKind
     name: str | None = None  # explicit entry name (object) or folder name ending in "/" (prefix, glob)
+    literal: bool = False
 
     @property
     def fixed_prefix(self) -> str:
@@ -95,8 +97,15 @@ class Source:
             return head[: head.rfind("/") + 1]
         return self.location.key
 
-    def to_json(self) -> str | dict[str, str]:
-        return self.url if self.name is None else {"url": self.url, "name": self.name}
+    def to_json(self) -> str | dict[str, Any]:
+        if self.name is None and not self.literal:
+            return self.url
+        out: dict[str, Any] = {"url": self.url}
+        if self.name is not None:
+            out["name"] = self.name
+        if self.literal:
+            out["literal"] = True
+        return out
 
 
 @dataclass(frozen=True)
@@ -337,18 +346,26 @@ def parse_archive_url(value: str) -> Location:
 def _source(where: str, item: object, settings: Settings) -> Source:
     name: object = None
     url: object = item
+    literal: object = False
     if isinstance(item, Mapping):
-        extra = sorted(set(item) - {"url", "name"})
+        extra = sorted(set(item) - {"url", "name", "literal"})
         if extra:
-            raise InvalidJob(f"{where}.{extra[0]}", item[extra[0]], "unknown field (allowed: url, name)")
-        url, name = item.get("url"), item.get("name")
+            raise InvalidJob(f"{where}.{extra[0]}", item[extra[0]], "unknown field (allowed: url, name, literal)")
+        url, name, literal = item.get("url"), item.get("name"), item.get("literal", False)
+        if not isinstance(literal, bool):
+            raise InvalidJob(f"{where}.literal", literal, "must be true or false")
         where = f"{where}.url"
     elif not isinstance(item, str):
-        raise InvalidJob(where, item, "must be a URL string or an object with url and optional name")
+        raise InvalidJob(where, item, "must be a URL string or an object with url and optional name and literal")
     loc = _location(where, url, settings)
     assert isinstance(url, str)  # _location accepts only strings
-    if GLOB_CHARS.search(loc.key):
-        kind: SourceKind = "glob"
+    if literal:
+        # Exactly this key: no glob, no prefix, whatever characters it holds ("photo[1].jpg", "a/").
+        if not loc.key:
+            raise InvalidJob(where, url, "a literal source must name an object's key")
+        kind: SourceKind = "object"
+    elif GLOB_CHARS.search(loc.key):
+        kind = "glob"
     elif loc.key.endswith("/") or not loc.key:
         kind = "prefix"
     else:
@@ -363,7 +380,7 @@ def _source(where: str, item: object, settings: Settings) -> Source:
             # A folder inside the archive: "raw" and "raw/" mean the same.
             name = name if name.endswith("/") else name + "/"
             check_entry_name(name_where, name.rstrip("/"))
-    return Source(url=url, location=loc, kind=kind, name=name)
+    return Source(url=url, location=loc, kind=kind, name=name, literal=literal is True)
 
 
 def check_entry_name(where: str, name: str) -> None:

@@ -59,8 +59,10 @@ class ZipStage:
             raise RuntimeError("the ZIP stage has stopped")
         self._queue.put(item)
 
-    async def begin(self, name: str, modified: datetime, method: Method, size: int | None) -> None:
-        await self._put(("begin", name, modified, method, size))
+    async def begin(
+        self, name: str, modified: datetime, method: Method, size: int | None, crc32: int | None = None
+    ) -> None:
+        await self._put(("begin", name, modified, method, size, crc32))
 
     async def write(self, data: bytes) -> None:
         await self._put(("write", data))
@@ -68,9 +70,10 @@ class ZipStage:
     async def end(self) -> None:
         await self._put(("end",))
 
-    async def entry(self, name: str, modified: datetime, method: Method, size: int | None, data: bytes) -> None:
-        """A whole small entry as one item: begin, write and end cost one hand-over, not three."""
-        await self._put(("entry", name, modified, method, size, data))
+    async def entry(self, name: str, modified: datetime, method: Method, data: bytes) -> None:
+        """A whole small entry as one item (one hand-over, not three), written with its CRC-32 and sizes in
+        its local header."""
+        await self._put(("entry", name, modified, method, data))
 
     async def finish(self) -> None:
         """Write the central directory, flush everything to the sink, and wait for the thread."""
@@ -98,9 +101,7 @@ class ZipStage:
                     continue
                 kind, *args = item
                 if kind == "entry":
-                    self._gather(self._writer.begin(*args[:4]))
-                    self._gather(self._writer.write(args[4]))
-                    self._gather(self._writer.end())
+                    self._gather(self._writer.add(*args))
                 elif kind == "begin":
                     self._gather(self._writer.begin(*args))
                 elif kind == "write":

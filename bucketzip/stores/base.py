@@ -40,6 +40,7 @@ class ObjectInfo:
     # User metadata, where a HEAD said it (a listing does not): how a run recognises an archive it made.
     metadata: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     storage_class: str | None = None  # as the listing or HEAD says; None for the store's standard class
+    crc32: int | None = None  # the whole object's CRC-32, when the store keeps one (see Store.checksum)
 
     @property
     def archived(self) -> bool:
@@ -108,6 +109,11 @@ class Store(Protocol):
 
     def read(self, obj: ObjectInfo, chunk_size: int) -> AsyncIterator[bytes]:
         """The object's bytes in chunks of about ``chunk_size``; raises SourceChanged if it changed."""
+        ...
+
+    async def checksum(self, obj: ObjectInfo) -> int | None:
+        """The CRC-32 of the whole object as the store recorded it, or None when it has none. A STORED entry
+        declares its CRC-32 before its data: with this it needs one read of the object instead of two."""
         ...
 
     async def open_sink(self, dest: Location, options: SinkOptions) -> Sink: ...

@@ -95,6 +95,9 @@ class GlacierStore:
         raise InvalidJob("sources", loc.url, "a Glacier vault can only be a destination")
         yield  # pragma: no cover
 
+    async def checksum(self, obj: ObjectInfo) -> int | None:
+        return None  # a vault is never a source
+
     async def read(self, obj: ObjectInfo, chunk_size: int) -> AsyncIterator[bytes]:
         raise InvalidJob("sources", obj.location.url, "a Glacier vault can only be a destination")
         yield  # pragma: no cover
