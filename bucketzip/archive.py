@@ -9,10 +9,12 @@ No I/O, no Celery, no boto. Two faces over one implementation:
 What every reader can open, streaming ones included (each rule cites where a reader was seen to break):
 
 * A STORED entry carries its CRC-32 and sizes in its local header and has no data descriptor: a reader that
-  streams from the front cannot find the end of stored data otherwise, and Java's ``ZipInputStream`` refuses
-  "only DEFLATED entries can have EXT descriptor" (so does stream-unzip). The writer therefore needs a stored
-  entry's CRC-32 *before* its data: ``add`` computes it from the whole entry; a streamed stored entry is given
-  it (``begin(crc32=...)``) and the writer checks the data against it (``EntryMismatch``).
+  streams from the front cannot find the end of stored data otherwise. Java's ``ZipInputStream`` refuses it
+  ("only DEFLATED entries can have EXT descriptor"), so does stream-unzip, and macOS Archive Utility expects a
+  descriptor only after DEFLATE data (PHPZipStreamer#16; ZipStream-PHP#76 and #49 are streamed archives it
+  refused). The writer therefore needs a stored entry's CRC-32 *before* its data: ``add`` computes it from the
+  whole entry; a streamed stored entry is given it (``begin(crc32=...)``) and the data is checked against it
+  (``EntryMismatch``).
 * A streamed DEFLATE entry has a data descriptor (flag bit 3): DEFLATE marks its own end, so every streaming
   reader finds it. Its sizes are 4 bytes unless the entry is ZIP64 (zip4j#86: macOS Archive Utility fails on
   8-byte sizes in the descriptor of a non-ZIP64 entry).
@@ -20,10 +22,10 @@ What every reader can open, streaming ones included (each rule cites where a rea
   0xFFFFFFFF, a local header at or past that offset, 0xFFFF or more entries, a central directory at or past
   4 GiB. A value *equal* to 0xFFFF/0xFFFFFFFF is the "see ZIP64" marker, so it counts as overflowing
   (minizip-ng#596: 65,535 entries without a ZIP64 end record could not be opened; libarchive#1834: an entry
-  of exactly 4294967295 bytes). ZIP64 everywhere is what broke Archive Utility in ZipStream-PHP#116, #76, #49
-  and PHPZipStreamer#16. An entry that is ZIP64 gets the ZIP64 extra field in its local header too, with both
-  sizes (stream-zip#27: Archive Utility's "Error 79" when a local header says 0xFFFFFFFF without one; Java's
-  ``ZipInputStream`` reads LOC ZIP64 sizes only from a 16-byte field).
+  of exactly 4294967295 bytes). ZIP64 on every entry is what broke Archive Utility in ZipStream-PHP#116, whose
+  only way out was to turn ZIP64 off. An entry that is ZIP64 gets the ZIP64 extra field in its local header
+  too, with both sizes (stream-zip#27: Archive Utility's "Error 79" when a local header says 0xFFFFFFFF
+  without one; Java's ``ZipInputStream`` reads LOC ZIP64 sizes only from a 16-byte field).
 * More than 65,535 entries: 0xFFFF in the classic end record and the true count in the ZIP64 end record
   (ZIPFoundation#197, minizip-ng#457, sharpcompress#792 show readers that trusted the 16-bit count).
 

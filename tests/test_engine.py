@@ -248,7 +248,20 @@ def test_on_missing_fail_names_them_and_writes_nothing(
         run_job({"sources": [f"s3://{b}/here.txt", *missing], "destination": f"s3://{b}/out.zip"}, settings)
     assert info.value.urls == missing
     assert all(u in str(info.value) for u in missing)
+    assert info.value.globs == [f"s3://{b}/*.nope"]  # the one glob: the message points to "literal"
+    assert f"s3://{b}/*.nope is a glob pattern" in str(info.value) and '"literal": true' in str(info.value)
     nothing_written(s3, b, ["here.txt"])
+
+
+def test_a_glob_matching_nothing_suggests_literal(make_bucket: Callable[[], str], put: Put, settings: Settings) -> None:
+    b = make_bucket()
+    put(b, {"photo1.jpg": b"x"})
+    with pytest.raises(SourceMissing, match=r'"literal": true') as info:
+        run_job({"sources": [f"s3://{b}/photo[2].jpg"], "destination": f"s3://{b}/out.zip"}, settings)
+    assert info.value.args == ([f"s3://{b}/photo[2].jpg"], [f"s3://{b}/photo[2].jpg"])  # survives Celery
+    with pytest.raises(SourceMissing) as plain:
+        run_job({"sources": [f"s3://{b}/gone.jpg"], "destination": f"s3://{b}/out.zip"}, settings)
+    assert "literal" not in str(plain.value)
 
 
 def test_on_missing_skip_lists_them(make_bucket: Callable[[], str], put: Put, s3: Any, settings: Settings) -> None:

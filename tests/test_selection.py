@@ -171,6 +171,25 @@ def test_missing_sources_are_listed(make_bucket: Callable[[], str], put: Put, se
     assert sel.missing == urls[1:]
 
 
+def test_a_literal_key_is_that_one_object_whatever_it_holds(
+    make_bucket: Callable[[], str], put: Put, settings: Settings
+) -> None:
+    b = make_bucket()
+    put(b, {"photos/photo[1].jpg": b"bracket", "photos/photo1.jpg": b"one", "photos/a*b": b"star", "photos/axb": b"x"})
+    sel = selection(
+        [
+            {"url": f"s3://{b}/photos/photo[1].jpg", "literal": True},
+            {"url": f"s3://{b}/photos/a*b", "name": "star.txt", "literal": True},
+        ],
+        settings,
+    )
+    assert [(e.name, e.obj.size) for e in sel.entries] == [("photos/photo[1].jpg", 7), ("star.txt", 4)]
+    glob = selection([f"s3://{b}/photos/photo[1].jpg"], settings)  # without it, a glob: [1] is a class
+    assert [(e.name, e.obj.size) for e in glob.entries] == [("photo1.jpg", 3)]
+    missing = selection([{"url": f"s3://{b}/photos/photo[2].jpg", "literal": True}], settings)
+    assert missing.entries == [] and missing.missing == [f"s3://{b}/photos/photo[2].jpg"]
+
+
 def test_key_derived_names_are_sanitised_and_reported(
     make_bucket: Callable[[], str], put: Put, settings: Settings
 ) -> None:

@@ -60,7 +60,12 @@ def test_defaults() -> None:
 
 def test_round_trip_with_every_option() -> None:
     data = spec(
-        sources=["s3://a-b/k", {"url": "s3://a-b/p/", "name": "folder/"}],
+        sources=[
+            "s3://a-b/k",
+            {"url": "s3://a-b/p/", "name": "folder/"},
+            {"url": "s3://a-b/photo[1].jpg", "literal": True},
+            {"url": "s3://a-b/x*", "name": "x.txt", "literal": True},
+        ],
         compression="deflate",
         compression_level=9,
         on_missing="skip",
@@ -102,6 +107,29 @@ def test_source_kinds(url: str, kind: str, fixed: str) -> None:
         assert source.location.key == fixed
     else:
         assert source.fixed_prefix == fixed
+
+
+@pytest.mark.parametrize("key", ["photo[1].jpg", "logs/*.log", "a?b", "dir/", "[!x]/**"])
+def test_a_literal_source_is_exactly_one_key(key: str) -> None:
+    (source,) = JobSpec.from_dict(spec(sources=[{"url": f"s3://bkt/{key}", "literal": True}]), SETTINGS).sources
+    assert (source.kind, source.location.key, source.literal) == ("object", key, True)
+    (plain,) = JobSpec.from_dict(spec(sources=[f"s3://bkt/{key}"]), SETTINGS).sources
+    assert plain.kind != "object" and not plain.literal
+
+
+@pytest.mark.parametrize(
+    ("source", "field", "message"),
+    [
+        ({"url": "s3://bkt/a[1]", "literal": "yes"}, "sources[0].literal", "true or false"),
+        ({"url": "s3://bkt/a[1]", "literal": 1}, "sources[0].literal", "true or false"),
+        ({"url": "s3://bkt/", "literal": True}, "sources[0].url", "must name an object's key"),
+        ({"url": "s3://bkt/a", "literally": True}, "sources[0].literally", "allowed: url, name, literal"),
+    ],
+)
+def test_invalid_literal(source: dict[str, Any], field: str, message: str) -> None:
+    with pytest.raises(InvalidJob, match=message) as info:
+        JobSpec.from_dict(spec(sources=[source]), SETTINGS)
+    assert info.value.field == field
 
 
 @pytest.mark.parametrize("name", ["raw", "raw/", "a/b/c/"])

@@ -1,0 +1,141 @@
+"""How entries are read before their headers, against a real S3 endpoint: a STORED entry's CRC-32 from S3's
+full-object checksum (one read) or from a first read (two), never from a composite checksum; a checksum that
+does not match the bytes fails the job and publishes nothing.
+
+The store is S3Store itself, wrapped only to count the calls the engine makes to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import zipfile
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from boto3.s3.transfer import TransferConfig
+
+from bucketzip.config import Settings
+from bucketzip.engine import build_archive, run_sync
+from bucketzip.errors import SourceChanged
+from bucketzip.s3store import full_object_crc32
+from bucketzip.spec import JobSpec
+from bucketzip.storage import ObjectInfo, Store, store_for
+from tests.helpers import fetch_archive, keys, open_uploads
+
+MiB = 2**20
+Put = Callable[[str, dict[str, bytes]], None]
+
+
+class Counting:
+    """The real store, counting reads and checksum look-ups per key; ``lie`` makes its checksums wrong."""
+
+    def __init__(self, inner: Store, lie: bool = False) -> None:
+        self.inner, self.lie = inner, lie
+        self.reads: Counter[str] = Counter()
+        self.checksums: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def read(self, obj: ObjectInfo, chunk_size: int) -> AsyncIterator[bytes]:
+        self.reads[obj.location.key] += 1
+        return self.inner.read(obj, chunk_size)
+
+    async def checksum(self, obj: ObjectInfo) -> int | None:
+        self.checksums[obj.location.key] += 1
+        crc = await self.inner.checksum(obj)
+        return crc ^ 1 if crc is not None and self.lie else crc
+
+
+def run(spec: dict[str, Any], settings: Settings, lie: bool = False) -> Counting:
+    settings = settings.replace(chunk_size=128 * 2**10, read_buffer=2 * MiB)
+    store = Counting(store_for("s3", settings), lie)
+    run_sync(build_archive(JobSpec.from_dict(spec, settings), settings, stores=lambda protocol: store))
+    return store
+
+
+def stored_without_descriptor(zf: zipfile.ZipFile, name: str) -> bool:
+    info = zf.getinfo(name)
+    return info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x0008
+
+
+def test_a_full_object_checksum_saves_the_second_read(
+    make_bucket: Callable[[], str], put: Put, s3: Any, settings: Settings
+) -> None:
+    b = make_bucket()
+    objects = {"in/photo.jpg": os.urandom(MiB), "in/noise.bin": os.urandom(MiB), "in/notes.txt": b"words " * 100_000}
+    put(b, objects)  # boto3 sends a CRC-32 with each PUT, which S3 (and moto) keep
+    store = run({"sources": [f"s3://{b}/in/"], "destination": f"s3://{b}/out.zip"}, settings)
+    assert store.reads == {"in/photo.jpg": 1, "in/noise.bin": 1, "in/notes.txt": 1}
+    assert store.checksums == {"in/photo.jpg": 1, "in/noise.bin": 1}  # the DEFLATE entry needs none
+    zf = fetch_archive(s3, b, "out.zip", {k.removeprefix("in/"): v for k, v in objects.items()})
+    assert stored_without_descriptor(zf, "photo.jpg") and stored_without_descriptor(zf, "noise.bin")
+    assert zf.getinfo("notes.txt").compress_type == zipfile.ZIP_DEFLATED
+
+
+def test_without_a_usable_checksum_a_stored_object_is_read_twice(
+    make_bucket: Callable[[], str], s3: Any, settings: Settings
+) -> None:
+    b = make_bucket()
+    single, multi = os.urandom(MiB), os.urandom(6 * MiB)
+    s3.put_object(Bucket=b, Key="in/single.bin", Body=single)
+    # A multipart upload's checksum is COMPOSITE (a checksum of the parts' checksums): not the object's CRC-32.
+    s3.upload_fileobj(io.BytesIO(multi), b, "in/multi.bin", Config=TransferConfig(multipart_threshold=5 * MiB))
+    spec = {"sources": [f"s3://{b}/in/"], "destination": f"s3://{b}/out.zip", "compression": "store"}
+    store = run(spec, settings)
+    assert store.reads == {"in/single.bin": 1, "in/multi.bin": 2}
+    zf = fetch_archive(s3, b, "out.zip", {"single.bin": single, "multi.bin": multi})
+    assert stored_without_descriptor(zf, "multi.bin") and stored_without_descriptor(zf, "single.bin")
+
+    store = run(spec, settings.replace(source_checksums=False))  # BUCKETZIP_SOURCE_CHECKSUMS=false
+    assert store.reads == {"in/single.bin": 2, "in/multi.bin": 2}
+    fetch_archive(s3, b, "out.zip", {"single.bin": single, "multi.bin": multi})
+
+
+def test_a_plain_object_source_gets_its_checksum_from_the_selections_head(
+    make_bucket: Callable[[], str], put: Put, s3: Any, settings: Settings
+) -> None:
+    b = make_bucket()
+    data = os.urandom(MiB)
+    put(b, {"photo.jpg": data})
+    store = run({"sources": [f"s3://{b}/photo.jpg"], "destination": f"s3://{b}/out.zip"}, settings)
+    assert store.reads == {"photo.jpg": 1}
+    zf = fetch_archive(s3, b, "out.zip", {"photo.jpg": data})
+    assert stored_without_descriptor(zf, "photo.jpg")
+
+
+def test_a_checksum_that_does_not_match_fails_the_job_and_writes_nothing(
+    make_bucket: Callable[[], str], put: Put, s3: Any, settings: Settings
+) -> None:
+    b = make_bucket()
+    put(b, {"in/a.txt": b"small", "in/photo.jpg": os.urandom(MiB)})
+    with pytest.raises(SourceChanged, match="do not match the CRC-32") as info:
+        run({"sources": [f"s3://{b}/in/"], "destination": f"s3://{b}/out.zip"}, settings, lie=True)
+    assert info.value.url == f"s3://{b}/in/photo.jpg"
+    assert keys(s3, b) == ["in/a.txt", "in/photo.jpg"] and open_uploads(s3, b) == []
+
+
+def crc(value: int) -> str:
+    return base64.b64encode(value.to_bytes(4, "big")).decode()
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ({"ChecksumCRC32": crc(0x12345678), "ChecksumType": "FULL_OBJECT", "ETag": '"x-3"'}, 0x12345678),
+        ({"ChecksumCRC32": crc(0x12345678), "ETag": '"0123abcd"'}, 0x12345678),  # one PUT, type unreported
+        ({"ChecksumCRC32": crc(0x12345678), "ChecksumType": "COMPOSITE", "ETag": '"x-3"'}, None),
+        ({"ChecksumCRC32": crc(0x12345678), "ETag": '"x-3"'}, None),  # multipart, type unreported (moto)
+        ({"ChecksumCRC32": crc(0x12345678) + "-3"}, None),
+        ({"ChecksumCRC32": "not base64!"}, None),
+        ({"ChecksumCRC32": base64.b64encode(b"12345").decode()}, None),
+        ({"ChecksumCRC32C": crc(1), "ChecksumType": "FULL_OBJECT"}, None),  # another algorithm
+        ({}, None),
+    ],
+)
+def test_only_a_full_object_crc32_is_taken(response: dict[str, str], expected: int | None) -> None:
+    assert full_object_crc32(response) == expected
