@@ -21,9 +21,9 @@ from boto3.s3.transfer import TransferConfig
 from bucketzip.config import Settings
 from bucketzip.engine import build_archive, run_sync
 from bucketzip.errors import SourceChanged
-from bucketzip.s3store import full_object_crc32
 from bucketzip.spec import JobSpec
-from bucketzip.storage import ObjectInfo, Store, store_for
+from bucketzip.stores import ObjectInfo, Store, store_for
+from bucketzip.stores.s3 import full_object_crc32
 from tests.helpers import fetch_archive, keys, open_uploads
 
 MiB = 2**20
