@@ -72,7 +72,8 @@ class SourceMissing(BucketzipError):
     were read as glob patterns, which the message points to ``"literal": true`` for."""
 
     def __init__(self, urls: list[str], globs: list[str] | None = None) -> None:
-        super().__init__(list(urls), list(globs or ()))
+        # ``args`` gain the globs only when there are any: records and results of other jobs stay as they were.
+        super().__init__(*((list(urls), list(globs)) if globs else (list(urls),)))
         self.urls = list(urls)
         self.globs = list(globs or ())
 
