@@ -22,6 +22,7 @@ from bucketzip.devserver import moto_server
 from bucketzip.engine import run_sync
 from bucketzip.errors import (
     AccessDenied,
+    CredentialsError,
     LeaseLost,
     SourceChanged,
     SourceMissing,
@@ -57,8 +58,8 @@ def client_error(code: str, message: str = "", status: int = 400, operation: str
         ("AccessDenied", "read", AccessDenied),
         ("AccessDenied", "write", AccessDenied),
         ("403", "read", AccessDenied),
-        ("InvalidAccessKeyId", "read", AccessDenied),
-        ("SignatureDoesNotMatch", "write", AccessDenied),
+        ("InvalidAccessKeyId", "read", CredentialsError),  # wrong credentials say so (an AccessDenied too)
+        ("SignatureDoesNotMatch", "write", CredentialsError),
         ("PreconditionFailed", "read", SourceChanged),  # If-Match failed: overwritten since it was listed
         ("412", "read", SourceChanged),
         ("SlowDown", "read", TransientError),
@@ -75,7 +76,7 @@ def test_client_errors(code: str, operation: str, kind: type[Exception]) -> None
     exc = translate(client_error(code, "the message"), URL, operation)
     assert type(exc) is kind
     assert URL in str(exc)
-    if kind is AccessDenied:
+    if kind in (AccessDenied, CredentialsError):
         assert isinstance(exc, AccessDenied) and exc.operation == operation
     if kind is SourceMissing:
         assert isinstance(exc, SourceMissing) and exc.urls == [URL]
