@@ -119,6 +119,8 @@ class S3Store:
         except Exception as exc:
             if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
+            if error_code(exc) == "403":  # a HEAD's answer has no body to say why: a GET's does
+                exc = await self._why_forbidden(s3, loc) or exc
             raise translate(exc, loc.url, "read") from exc
         metadata = {k.lower(): v for k, v in r.get("Metadata", {}).items()}
         return ObjectInfo(
@@ -130,6 +132,15 @@ class S3Store:
             metadata,
             storage_class=r.get("StorageClass"),
         )
+
+    async def _why_forbidden(self, s3: Any, loc: Location) -> Exception | None:
+        """The error a one-byte GET of ``loc`` answers with (InvalidAccessKeyId, AccessDenied...), if any."""
+        try:
+            resp = await s3.get_object(Bucket=loc.bucket, Key=loc.key, Range="bytes=0-0")
+            resp["Body"].close()
+        except Exception as exc:
+            return exc
+        return None
 
     async def list(self, loc: Location) -> AsyncIterator[ObjectInfo]:
         s3 = await self.client(loc.bucket)
