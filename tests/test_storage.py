@@ -329,6 +329,21 @@ def test_presigned_url_serves_the_object(make_bucket: Callable[[], str], s3: Any
         assert r.read() == b"zip bytes"
 
 
+def test_presigned_url_under_temporary_credentials_lasts_no_longer_than_they_may(
+    make_bucket: Callable[[], str], s3: Any, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = make_bucket()
+    s3.put_object(Bucket=b, Key="x.zip", Body=b"zip bytes")
+    loc, day = Location("s3", b, "x.zip"), 24 * 3600
+    assert f"X-Amz-Expires={day}" in run_sync(store_for("s3", settings).presign(loc, None, day))
+    temporary = settings.replace(session_token="FQoGZXIvYXdzEXAMPLETOKEN", presign_expires_temporary=900)
+    with caplog.at_level("WARNING"):
+        url = run_sync(store_for("s3", temporary).presign(loc, None, day))
+    assert "X-Amz-Security-Token=" in url and "X-Amz-Expires=900" in url  # dies with the token: says so
+    assert "lasts 900 s, not the 86400 s asked" in caplog.text and "X-Amz-Signature" not in caplog.text
+    assert "X-Amz-Expires=600" in run_sync(store_for("s3", temporary).presign(loc, None, 600))  # shorter: kept
+
+
 def test_one_store_per_protocol_and_settings(settings: Settings) -> None:
     assert store_for("s3", settings) is store_for("s3", settings)
     assert store_for("s3", settings) is not store_for("s3", settings.replace(read_concurrency=2))

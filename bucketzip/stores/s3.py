@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -23,6 +25,8 @@ from ..errors import SourceChanged, TransientError
 from ..spec import Location
 from .base import ObjectInfo, RestoreState, SinkOptions, error_code, translate
 from .s3sink import S3Sink, abort_upload
+
+log = logging.getLogger(__name__)
 
 
 def restore_state(header: str | None) -> RestoreState:
@@ -49,6 +53,22 @@ def _timestamp(value: str) -> datetime:
     from botocore.utils import parse_timestamp
 
     return parse_timestamp(value)
+
+
+async def presign_lifetime(credentials: Any, expires: int, temporary_cap: int) -> int:
+    """How long a URL signed with ``credentials`` can work, at most ``expires``. Temporary credentials (with a
+    session token) take the URL down with them: at most ``temporary_cap`` seconds then, and at most what they
+    have left when botocore knows their expiry (a role's credentials; not a bare AWS_SESSION_TOKEN)."""
+    if credentials is None:
+        return expires
+    frozen = await credentials.get_frozen_credentials()
+    if not frozen.token:
+        return expires
+    lifetime = min(expires, temporary_cap)
+    expiry = getattr(credentials, "_expiry_time", None)  # RefreshableCredentials'
+    if expiry is not None:
+        lifetime = min(lifetime, max(1, int(expiry.timestamp() - time.time())))
+    return lifetime
 
 
 def _session(session: Any) -> Any:
@@ -214,11 +234,22 @@ class S3Store:
         return S3Sink(client, self.pool, dest, options)
 
     async def presign(self, loc: Location, version_id: str | None, expires: int) -> str:
+        """A GET URL for ``loc`` valid for ``expires`` seconds - or less, under temporary credentials: see
+        ``presign_lifetime``."""
         s3 = await self.client(loc.bucket)
         params = {"Bucket": loc.bucket, "Key": loc.key}
         if version_id:
             params["VersionId"] = version_id
-        return str(await s3.generate_presigned_url("get_object", Params=params, ExpiresIn=expires))
+        lifetime = await presign_lifetime(s3._get_credentials(), expires, self.settings.presign_expires_temporary)
+        if lifetime < expires:
+            log.warning(
+                "the URL of %s lasts %d s, not the %d s asked: it is signed with temporary credentials (a session "
+                "token), and dies with them (BUCKETZIP_PRESIGN_EXPIRES_TEMPORARY)",
+                loc.url,
+                lifetime,
+                expires,
+            )
+        return str(await s3.generate_presigned_url("get_object", Params=params, ExpiresIn=lifetime))
 
     async def restore_state(self, obj: ObjectInfo) -> RestoreState:
         """An archived object's restore, from its HEAD's ``x-amz-restore``: none requested, ongoing, or done."""
