@@ -21,7 +21,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from ..config import Settings
-from ..errors import SourceChanged, TransientError
+from ..errors import AccessDenied, CredentialsError, SourceChanged, TransientError
 from ..spec import Location
 from .base import ObjectInfo, RestoreState, SinkOptions, error_code, translate
 from .s3sink import S3Sink, abort_upload
@@ -36,6 +36,14 @@ def restore_state(header: str | None) -> RestoreState:
     return "ongoing" if 'ongoing-request="true"' in header.replace(" ", "") else "restored"
 
 
+CLIENT_CONFIG: dict[str, Any] = {
+    # botocore >= 1.36 adds CRC checksums to every request by default, which several S3-compatible stores
+    # (older MinIO, B2, R2) reject; send them only where the API requires them.
+    "request_checksum_calculation": "when_required",
+    "response_checksum_validation": "when_required",
+    # Presigned URLs must be SigV4: SigV2 is refused in newer regions and by most S3-compatibles.
+    "signature_version": "s3v4",
+}
 RESUME_ATTEMPTS = 3  # a GET whose connection drops mid-body resumes from where it stopped, this many times
 
 
@@ -76,21 +84,57 @@ def _session(session: Any) -> Any:
     return session
 
 
+def boto_client(settings: Settings, config: dict[str, Any], data_loader: Any = None) -> Any:
+    """A blocking boto3 S3 client for ``settings`` (credentials, endpoint, region) with botocore ``config``."""
+    import boto3
+    import botocore.session
+    from botocore.config import Config
+
+    s = settings
+    core = _session(botocore.session.Session(profile=s.profile))
+    if data_loader is not None:
+        core.register_component("data_loader", data_loader)
+    session = boto3.session.Session(
+        aws_access_key_id=s.access_key_id if s.secret_access_key else None,
+        aws_secret_access_key=s.secret_access_key if s.access_key_id else None,
+        aws_session_token=s.session_token if s.access_key_id else None,
+        region_name=s.region,
+        botocore_session=core,
+    )
+    return session.client("s3", endpoint_url=s.endpoint_url, config=Config(**config))
+
+
+def check(settings: Settings, timeout: float, buckets: list[str]) -> None:
+    """Raise (translated) unless the endpoint answers within about ``timeout`` seconds, with no retry: list one
+    key of each of ``buckets``, or else the buckets. "Denied" is an answer; bad credentials are not. Loads
+    boto3, not s3fs."""
+    config = {**CLIENT_CONFIG, "connect_timeout": timeout, "read_timeout": timeout}
+    client = boto_client(settings, {**config, "retries": {"mode": "standard", "max_attempts": 1}})
+    url = "s3://"
+    try:
+        for bucket in buckets:
+            url = f"s3://{bucket}"
+            client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+        if not buckets:
+            client.list_buckets()
+    except Exception as exc:
+        err = translate(exc, url, "read")
+        if not (isinstance(err, AccessDenied) and not isinstance(err, CredentialsError)):
+            raise err from exc
+    finally:
+        client.close()
+
+
 class S3Store:
     def __init__(self, settings: Settings) -> None:
         import aiobotocore.session  # imported here: a producer that only enqueues never loads them
         import s3fs
 
         self.config: dict[str, Any] = {
+            **CLIENT_CONFIG,
             # Enough connections for every concurrent read and part upload of a job, plus listings.
             "max_pool_connections": settings.read_concurrency + settings.upload_concurrency + 8,
             "retries": {"mode": "standard", "max_attempts": 5},
-            # botocore >= 1.36 adds CRC checksums to every request by default, which several S3-compatible
-            # stores (older MinIO, B2, R2) reject; send them only where the API requires them.
-            "request_checksum_calculation": "when_required",
-            "response_checksum_validation": "when_required",
-            # Presigned URLs must be SigV4: SigV2 is refused in newer regions and by most S3-compatibles.
-            "signature_version": "s3v4",
         }
         self.session = _session(aiobotocore.session.AioSession(profile=settings.profile))
         self.fs = s3fs.S3FileSystem(
@@ -109,23 +153,12 @@ class S3Store:
         """The blocking boto3 client the sink uploads with (made once, on first use; thread-safe)."""
         with self._boto_lock:
             if self._boto is None:
-                import boto3
-                import botocore.session
-                from botocore.config import Config
-
-                s = self.settings
-                core = _session(botocore.session.Session(profile=s.profile))
-                # One copy of the S3 service model (~7 MiB) for both clients.
-                core.register_component("data_loader", self.session.get_component("data_loader"))
-                session = boto3.session.Session(
-                    aws_access_key_id=s.access_key_id if s.secret_access_key else None,
-                    aws_secret_access_key=s.secret_access_key if s.access_key_id else None,
-                    aws_session_token=s.session_token if s.access_key_id else None,
-                    region_name=s.region,
-                    botocore_session=core,
-                )
-                self._boto = session.client("s3", endpoint_url=s.endpoint_url, config=Config(**self.config))
+                self._boto = self._new_boto()
             return self._boto
+
+    def _new_boto(self) -> Any:
+        # One copy of the S3 service model (~7 MiB) for both clients.
+        return boto_client(self.settings, self.config, self.session.get_component("data_loader"))
 
     async def client(self, bucket: str | None = None) -> Any:
         if self.fs._s3 is None:
