@@ -202,10 +202,14 @@ class Client:
                 raise JobCancelled(job_id) from None
             except (SoftTimeLimitExceeded, TimeLimitExceeded) as exc:
                 # Celery's own (billiard's) exceptions, rebuilt from the result backend: say it in our words.
-                soft = isinstance(exc, SoftTimeLimitExceeded)
-                limit = "BUCKETZIP_JOB_SOFT_TIME_LIMIT" if soft else "BUCKETZIP_JOB_TIME_LIMIT"
-                what = "it was stopped and its upload aborted" if soft else "its worker process was killed"
-                raise JobTimedOut(job_id, f"{limit} was reached; {what}") from None
+                if isinstance(exc, SoftTimeLimitExceeded):
+                    reason = (
+                        "its soft time limit (BUCKETZIP_JOB_SOFT_TIME_LIMIT, by default just under "
+                        "BUCKETZIP_JOB_TIME_LIMIT) was reached; it was stopped and its upload aborted"
+                    )
+                else:
+                    reason = "its hard time limit (BUCKETZIP_JOB_TIME_LIMIT) was reached; its worker process was killed"
+                raise JobTimedOut(job_id, reason) from None
 
     # --- acting ---
 
