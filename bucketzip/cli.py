@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import click
 
+from .cli_errors import describe, exit_code
 from .config import Settings
-from .errors import BucketzipError, ConfigError, InvalidJob
+from .errors import BucketzipError, InvalidJob
 
 
 def fmt_bytes(n: float) -> str:
@@ -63,12 +64,28 @@ def load_spec(path: str) -> Any:
         raise InvalidJob("spec", path, f"is not valid JSON: {exc}") from None
 
 
-def fail(exc: BaseException) -> None:
-    click.echo(f"bucketzip: error: {exc}", err=True)
-    sys.exit(2 if isinstance(exc, InvalidJob | ConfigError) else 1)
+def fail(exc: BaseException) -> NoReturn:
+    click.echo(f"bucketzip: error: {describe(exc)}", err=True)
+    sys.exit(exit_code(exc))
 
 
-@click.group()
+class _Main(click.Group):
+    """Every command's failure is one line on stderr and a non-zero exit: the errors a command does not handle
+    itself (a service that does not answer, say) are described here, never shown as a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("\nbucketzip: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            fail(exc)
+
+
+@click.group(cls=_Main)
 def main() -> None:
     """bucketzip: zip many S3 objects into one archive in S3."""
 
@@ -198,13 +215,8 @@ def submit(spec_file: str, wait_: bool, progress: bool, timeout: float | None) -
 def batch(jobs_file: str, batch_size: int, quiet: bool) -> None:
     """Enqueue one job per line of a JSON Lines file (- for stdin). Prints "LINE ID" per accepted job on
     stdout and each invalid line on stderr; exits 1 if any line was invalid."""
-    from .errors import InvalidJob
-
-    stream = sys.stdin if jobs_file == "-" else open(jobs_file, encoding="utf-8")  # noqa: SIM115
-    lines = [(n, line) for n, line in enumerate(stream, 1) if line.strip()]
-    if stream is not sys.stdin:
-        stream.close()
     try:
+        lines = _read_lines(jobs_file)
         client = _client()
     except BucketzipError as exc:
         fail(exc)
@@ -237,6 +249,18 @@ def batch(jobs_file: str, batch_size: int, quiet: bool) -> None:
     rate = accepted / elapsed if elapsed > 0 else 0.0
     click.echo(f"{accepted} accepted, {len(invalid)} invalid, in {elapsed:.2f}s ({rate:.0f} jobs/s)", err=True)
     sys.exit(1 if invalid else 0)
+
+
+def _read_lines(path: str) -> list[tuple[int, str]]:
+    """The non-blank lines of a JSON Lines file (``-``: standard input), numbered from 1."""
+    try:
+        if path == "-":
+            return [(n, line) for n, line in enumerate(sys.stdin, 1) if line.strip()]
+        with open(path, encoding="utf-8") as stream:
+            return [(n, line) for n, line in enumerate(stream, 1) if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else exc
+        raise InvalidJob("JOBS.jsonl", path, f"cannot be read: {reason}") from None
 
 
 @main.command()

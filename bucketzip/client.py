@@ -21,16 +21,17 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery.exceptions import TaskRevokedError
+from celery.exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from .config import Settings
-from .errors import InvalidJob, JobCancelled, JobConflict, JobStateError, UnknownJob
+from .errors import InvalidJob, JobCancelled, JobConflict, JobStateError, JobTimedOut, UnknownJob
 from .lifecycle import CANCELLED, FAILED, QUEUED, RETRIED, RETRYING, RUNNING, TERMINAL, Lifecycle
+from .redact import redact
 from .registry import Job, Registry
 from .spec import JobSpec
 from .worker import TASK_NAME, BucketzipCelery, make_app
@@ -179,7 +180,8 @@ class Client:
 
     def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Block until the job ends; return its result dict, or raise its error (rebuilt as the same
-        bucketzip exception type), ``JobCancelled``, or ``TimeoutError``."""
+        bucketzip exception type), ``JobCancelled``, ``JobTimedOut`` (it ran past its time limit), or
+        ``TimeoutError`` (``timeout`` passed)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         result = self.app.AsyncResult(job_id)
         while True:
@@ -198,6 +200,16 @@ class Client:
                     raise JobCancelled(job_id) from None
             except TaskRevokedError:
                 raise JobCancelled(job_id) from None
+            except (SoftTimeLimitExceeded, TimeLimitExceeded) as exc:
+                # Celery's own (billiard's) exceptions, rebuilt from the result backend: say it in our words.
+                if isinstance(exc, SoftTimeLimitExceeded):
+                    reason = (
+                        "its soft time limit (BUCKETZIP_JOB_SOFT_TIME_LIMIT, by default just under "
+                        "BUCKETZIP_JOB_TIME_LIMIT) was reached; it was stopped and its upload aborted"
+                    )
+                else:
+                    reason = "its hard time limit (BUCKETZIP_JOB_TIME_LIMIT) was reached; its worker process was killed"
+                raise JobTimedOut(job_id, reason) from None
 
     # --- acting ---
 
@@ -271,16 +283,33 @@ class Client:
 
     def check(self, timeout: float = 5.0) -> list[tuple[str, str | None]]:
         """Whether each service answers: ``[(name, None or the error), ...]`` for the broker, the result
-        backend, the registry's Redis and S3 (the only check that loads s3fs)."""
-        return [
-            (
-                "broker",
-                _probe(lambda: self.app.connection_for_write().ensure_connection(max_retries=1, timeout=timeout)),
-            ),
-            ("result backend", _probe(lambda: self.app.backend.get_task_meta(f"bucketzip-check-{uuid.uuid4().hex}"))),
-            ("registry", _probe(lambda: Registry(self.settings).redis.ping())),
-            ("s3", _probe(lambda: _probe_s3(self.settings))),
-        ]
+        backend, the registry's Redis and S3 (the only check that loads boto3). The probes run at once, each
+        with its client's own timeouts set to ``timeout``, and whatever a client does, one that has not
+        answered after ``timeout`` seconds is reported so: the whole check takes about ``timeout``."""
+        settings = self.settings
+
+        def broker() -> None:
+            with self.app.connection_for_write(connect_timeout=timeout) as conn:
+                conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+
+        def registry() -> None:
+            import redis
+
+            client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+            try:
+                client.ping()
+            finally:
+                client.close()
+
+        return _probe_all(
+            {
+                "broker": broker,
+                "result backend": lambda: self.app.backend.get_task_meta(f"bucketzip-check-{uuid.uuid4().hex}"),
+                "registry": registry,
+                "s3": lambda: _probe_s3(settings, timeout),
+            },
+            timeout,
+        )
 
     def close(self) -> None:
         self.app.close()
@@ -292,32 +321,35 @@ def _batch(producer: Any, size: int) -> contextlib.AbstractContextManager[Any]:
     return batch(max_size=max(1, size)) if batch is not None else contextlib.nullcontext()
 
 
-def _probe(action: Any) -> str | None:
-    try:
-        action()
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
+CHECK_GRACE = 1.0  # seconds a check waits past its timeout: a client's own set-up (importing boto3...) is not the wait
 
 
-def _probe_s3(settings: Settings) -> None:
-    from .engine import run_sync
-    from .stores import error_code, store_for
+def _probe_all(probes: dict[str, Callable[[], object]], timeout: float) -> list[tuple[str, str | None]]:
+    """Run each probe on its own daemon thread; wait for them all until ``timeout`` has passed."""
+    outcome: dict[str, str | None] = {}
 
-    async def probe() -> None:
-        s3 = await store_for("s3", settings).client()  # type: ignore[attr-defined]
+    def run(name: str, probe: Callable[[], object]) -> None:
         try:
-            if settings.sweep_buckets:
-                for bucket in sorted(settings.sweep_buckets):
-                    await s3.head_bucket(Bucket=bucket)
-            else:
-                await s3.list_buckets()
+            probe()
         except Exception as exc:
-            # Denied still means the endpoint answered and the credentials were understood.
-            if error_code(exc) not in ("AccessDenied", "403"):
-                raise
+            outcome[name] = redact(f"{type(exc).__name__}: {exc}")
+        else:
+            outcome[name] = None
 
-    run_sync(probe())
+    threads = [threading.Thread(target=run, args=item, name=f"check-{item[0]}", daemon=True) for item in probes.items()]
+    deadline = time.monotonic() + timeout + CHECK_GRACE
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    silent = f"no answer within {timeout:g}s"
+    return [(name, outcome.get(name, silent)) for name in probes]
+
+
+def _probe_s3(settings: Settings, timeout: float) -> None:
+    from .stores.s3 import check
+
+    check(settings, timeout, sorted(settings.sweep_buckets))
 
 
 def _canonical(spec: Mapping[str, Any]) -> str:

@@ -94,6 +94,11 @@ class Settings:
     # operator widens this (e.g. "s3,glacier,file").
     allowed_protocols: frozenset[str] = field(default=frozenset({"s3", "glacier"}), metadata={"parse": _csv})
     max_presign_expires: int = field(default=7 * 24 * 3600, metadata={"parse": int})  # SigV4's limit
+    # A URL signed with temporary credentials (a session token) stops working when they expire, whatever its
+    # X-Amz-Expires says; their expiry is unknown when the token comes from AWS_SESSION_TOKEN. Such URLs are
+    # made to last at most this long (one hour: STS's default session), and at most what the credentials have
+    # left when botocore knows it (an instance or task role).
+    presign_expires_temporary: int = field(default=3600, metadata={"parse": int})
 
     # --- throughput and memory (the bounded pipeline; see engine.py) ---
     read_concurrency: int = field(default=8, metadata={"parse": int})
@@ -174,6 +179,12 @@ class Settings:
         for name in ("read_concurrency", "upload_concurrency", "deflate_threads", "max_entries", "max_sources"):
             if getattr(self, name) < 1:
                 raise ConfigError(PREFIX + name.upper(), str(getattr(self, name)), "must be at least 1")
+        if not 1 <= self.presign_expires_temporary <= self.max_presign_expires:
+            raise ConfigError(
+                "BUCKETZIP_PRESIGN_EXPIRES_TEMPORARY",
+                str(self.presign_expires_temporary),
+                f"must be between 1 and BUCKETZIP_MAX_PRESIGN_EXPIRES ({self.max_presign_expires})",
+            )
         if self.lock_ttl < 1:
             raise ConfigError("BUCKETZIP_LOCK_TTL", str(self.lock_ttl), "must be at least 1")
         if self.max_runs < 1:

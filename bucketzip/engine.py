@@ -207,8 +207,8 @@ async def build_archive(
         )
         if publication is not None:
             await asyncio.to_thread(publication.fence, result.to_dict())
-    except BaseException:
-        await asyncio.shield(sink.abort())
+    except BaseException as exc:
+        await asyncio.shield(_abort(sink, exc))
         raise
     published = await _commit(sink)
     try:
@@ -240,9 +240,18 @@ async def _commit(sink: Sink) -> Published:
             if commit.done():
                 raise
             continue
-        except BaseException:
-            await asyncio.shield(sink.abort())
+        except BaseException as exc:
+            await asyncio.shield(_abort(sink, exc))
             raise
+
+
+async def _abort(sink: Sink, cause: BaseException) -> None:
+    """Abort the sink on the way out of a failure. An abort that fails is logged, and the failure that caused it
+    stays the one raised: it, not the abort's, says what went wrong and whether a retry can help."""
+    try:
+        await sink.abort()
+    except Exception as exc:
+        log.warning("%s; the job failed with %s: %s", exc, type(cause).__name__, cause)
 
 
 async def presign(

@@ -11,11 +11,14 @@
     ├── SourceArchived          archived sources are not restored (on_archived=fail)
     ├── RestorePending          restores of archived sources are still running (on_archived=restore)
     ├── AccessDenied            credentials may not read a source or write the destination
+    │   └── CredentialsError    no credentials, or ones the endpoint does not accept (unknown key, bad secret)
+    ├── EndpointError           the S3 endpoint cannot be used as configured (its TLS certificate is not trusted)
     ├── UploadFailed            the destination refused the archive
     ├── JobCancelled            somebody cancelled the job while it ran
     ├── LeaseLost               another run took the job over; this one stopped and recorded nothing
     ├── WorkerLost              the job's worker died under it too many times (out of memory, killed)
     ├── TransientError          throttling, 5xx, a dropped connection: worth retrying
+    ├── JobTimedOut             the job ran past its time limit
     ├── UnknownJob (KeyError)   no job with this id is recorded
     └── JobStateError           the job is not in a state that allows this (retry a running job...)
 
@@ -147,6 +150,28 @@ class AccessDenied(BucketzipError):
         return f"access denied: {self.operation} {self.url}"
 
 
+class CredentialsError(AccessDenied):
+    """There are no credentials, or the endpoint does not accept them; ``reason`` says which and what to set."""
+
+    def __init__(self, url: str, operation: str, reason: str) -> None:
+        BucketzipError.__init__(self, url, operation, reason)
+        self.url, self.operation, self.reason = url, operation, reason
+
+    def __str__(self) -> str:
+        return f"cannot {self.operation} {self.url}: {self.reason}"
+
+
+class EndpointError(BucketzipError):
+    """The S3 endpoint cannot be used as configured (its TLS certificate is not trusted, a wrong scheme)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(url, reason)
+        self.url, self.reason = url, reason
+
+    def __str__(self) -> str:
+        return f"cannot reach the S3 endpoint for {self.url}: {self.reason}"
+
+
 class UploadFailed(BucketzipError):
     """The destination refused the archive (a permanent error; nothing was published)."""
 
@@ -204,6 +229,17 @@ class TransientError(BucketzipError):
 
     def __str__(self) -> str:
         return f"temporary failure on {self.url}: {self.reason}"
+
+
+class JobTimedOut(BucketzipError):
+    """The job ran past its time limit (``BUCKETZIP_JOB_SOFT_TIME_LIMIT``); its upload was aborted."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        super().__init__(job_id, reason)
+        self.job_id, self.reason = job_id, reason
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} ran past its time limit: {self.reason}"
 
 
 class UnknownJob(BucketzipError, KeyError):

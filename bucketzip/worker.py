@@ -19,6 +19,7 @@ from typing import Any
 
 from celery import Celery
 
+from . import redact
 from .config import Settings
 
 TASK_NAME = "bucketzip.zip"
@@ -44,6 +45,7 @@ def make_app(settings: Settings | None = None, main: str = "bucketzip") -> Bucke
     """A Celery app for ``settings`` (default: from the environment). Tasks are registered on it when the
     worker imports ``bucketzip.tasks``; a producer never needs them, it sends by name."""
     settings = settings or Settings.from_env()
+    redact.install()  # results carry presigned URLs, which Celery would log at INFO
     broker, backend = broker_url(settings), backend_url(settings)
     app = BucketzipCelery(main, broker=broker, backend=backend, include=["bucketzip.tasks"], set_as_current=False)
     app.settings = settings

@@ -32,6 +32,7 @@ from bucketzip.cli import ProgressPrinter
 from bucketzip.client import Client
 from bucketzip.config import Settings
 from bucketzip.devserver import free_port, moto_server, port_open, redis_server, worker_process
+from bucketzip.redact import redact
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".bucketzip" / "demo"
@@ -40,7 +41,7 @@ FILES = 48  # files in the sample corpus: a few text files that compress and bin
 
 
 def say(text: str) -> None:
-    print(f"demo: {text}", file=sys.stderr, flush=True)
+    print(f"demo: {redact(text)}", file=sys.stderr, flush=True)  # no password of a broker URL, say
 
 
 @contextlib.contextmanager

@@ -123,6 +123,8 @@ def test_unparseable_value_names_variable_and_value(variable: str, value: str) -
         ("BUCKETZIP_LOCK_TTL", "0"),
         ("BUCKETZIP_CHUNK_SIZE", "1000"),
         ("BUCKETZIP_READ_BUFFER", "65536"),  # smaller than the default 512 KiB chunk
+        ("BUCKETZIP_PRESIGN_EXPIRES_TEMPORARY", "0"),
+        ("BUCKETZIP_PRESIGN_EXPIRES_TEMPORARY", str(7 * 24 * 3600 + 1)),  # past BUCKETZIP_MAX_PRESIGN_EXPIRES
     ],
 )
 def test_out_of_range_value_names_variable_and_value(variable: str, value: str) -> None:

@@ -22,6 +22,7 @@ from bucketzip.devserver import moto_server
 from bucketzip.engine import run_sync
 from bucketzip.errors import (
     AccessDenied,
+    CredentialsError,
     LeaseLost,
     SourceChanged,
     SourceMissing,
@@ -57,8 +58,8 @@ def client_error(code: str, message: str = "", status: int = 400, operation: str
         ("AccessDenied", "read", AccessDenied),
         ("AccessDenied", "write", AccessDenied),
         ("403", "read", AccessDenied),
-        ("InvalidAccessKeyId", "read", AccessDenied),
-        ("SignatureDoesNotMatch", "write", AccessDenied),
+        ("InvalidAccessKeyId", "read", CredentialsError),  # wrong credentials say so (an AccessDenied too)
+        ("SignatureDoesNotMatch", "write", CredentialsError),
         ("PreconditionFailed", "read", SourceChanged),  # If-Match failed: overwritten since it was listed
         ("412", "read", SourceChanged),
         ("SlowDown", "read", TransientError),
@@ -75,7 +76,7 @@ def test_client_errors(code: str, operation: str, kind: type[Exception]) -> None
     exc = translate(client_error(code, "the message"), URL, operation)
     assert type(exc) is kind
     assert URL in str(exc)
-    if kind is AccessDenied:
+    if kind in (AccessDenied, CredentialsError):
         assert isinstance(exc, AccessDenied) and exc.operation == operation
     if kind is SourceMissing:
         assert isinstance(exc, SourceMissing) and exc.urls == [URL]
@@ -328,6 +329,21 @@ def test_presigned_url_serves_the_object(make_bucket: Callable[[], str], s3: Any
         assert r.read() == b"zip bytes"
 
 
+def test_presigned_url_under_temporary_credentials_lasts_no_longer_than_they_may(
+    make_bucket: Callable[[], str], s3: Any, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = make_bucket()
+    s3.put_object(Bucket=b, Key="x.zip", Body=b"zip bytes")
+    loc, day = Location("s3", b, "x.zip"), 24 * 3600
+    assert f"X-Amz-Expires={day}" in run_sync(store_for("s3", settings).presign(loc, None, day))
+    temporary = settings.replace(session_token="FQoGZXIvYXdzEXAMPLETOKEN", presign_expires_temporary=900)
+    with caplog.at_level("WARNING"):
+        url = run_sync(store_for("s3", temporary).presign(loc, None, day))
+    assert "X-Amz-Security-Token=" in url and "X-Amz-Expires=900" in url  # dies with the token: says so
+    assert "lasts 900 s, not the 86400 s asked" in caplog.text and "X-Amz-Signature" not in caplog.text
+    assert "X-Amz-Expires=600" in run_sync(store_for("s3", temporary).presign(loc, None, 600))  # shorter: kept
+
+
 def test_one_store_per_protocol_and_settings(settings: Settings) -> None:
     assert store_for("s3", settings) is store_for("s3", settings)
     assert store_for("s3", settings) is not store_for("s3", settings.replace(read_concurrency=2))
@@ -368,6 +384,9 @@ def test_denied_access_end_to_end(strict_s3: tuple[str, str]) -> None:
     with pytest.raises(AccessDenied) as info:
         head(settings, bucket, "secret.txt")
     assert (info.value.url, info.value.operation) == (f"s3://{bucket}/secret.txt", "read")
+    # The real cause, though a HEAD's 403 has no body to say it: the key is not one the endpoint knows.
+    assert type(info.value) is CredentialsError
+    assert "the access key id is not known to the endpoint (InvalidAccessKeyId)" in str(info.value)
     with pytest.raises(AccessDenied) as info:
         write_through_sink(settings, Location("s3", bucket, "out.zip"), [b"x"], SinkOptions())
     assert (info.value.url, info.value.operation) == (f"s3://{bucket}/out.zip", "write")

@@ -19,6 +19,8 @@ from typing import Literal, Protocol
 from ..errors import (
     AccessDenied,
     BucketzipError,
+    CredentialsError,
+    EndpointError,
     SourceChanged,
     SourceMissing,
     SourceUnreadable,
@@ -132,14 +134,25 @@ class Archival(Protocol):
 # --- the one place third-party errors are translated ---
 
 _MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchVersion", "ResourceNotFoundException"}
-_DENIED = {
-    "AccessDenied",
-    "403",
-    "Forbidden",
-    "AllAccessDisabled",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
+_DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
+# Credentials the endpoint does not accept: say which, and what to set, rather than "access denied".
+_BAD_CREDENTIALS = {  # code: (the cause, what to do)
+    "InvalidAccessKeyId": (
+        "the access key id is not known to the endpoint",
+        "check AWS_ACCESS_KEY_ID (and AWS_ENDPOINT_URL_S3: keys belong to one endpoint)",
+    ),
+    "SignatureDoesNotMatch": (
+        "the secret access key does not match the access key id",
+        "check AWS_SECRET_ACCESS_KEY",
+    ),
+    "InvalidToken": ("the session token is not valid", "check AWS_SESSION_TOKEN"),
+    "ExpiredToken": ("the session token has expired", "renew the temporary credentials (AWS_SESSION_TOKEN)"),
+    "TokenRefreshRequired": ("the session token has expired", "renew the temporary credentials (AWS_SESSION_TOKEN)"),
 }
+_NO_CREDENTIALS = (
+    "no credentials were found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE "
+    "(or run where an instance role provides them)"
+)
 _CHANGED = {"PreconditionFailed", "412", "InvalidRange", "416"}
 _TRANSIENT = {
     "SlowDown",
@@ -153,11 +166,31 @@ _TRANSIENT = {
     "RequestTimeoutException",
     "ServiceUnavailableException",
     "InsufficientCapacityException",
-    "500",
-    "502",
-    "503",
-    "504",
 }
+# A 5xx is the server's trouble, worth retrying - except 501, "this store does not implement that".
+_PERMANENT_5XX = {"NotImplemented", "501"}
+
+# Matched by class name (the whole MRO), so that this module imports neither botocore nor aiohttp.
+_TLS = {
+    "SSLError",  # botocore's (it wraps urllib3's and aiohttp's) and the ssl module's
+    "ClientSSLError",
+    "ClientConnectorSSLError",
+    "ClientConnectorCertificateError",
+    "SSLCertVerificationError",
+}
+_NETWORK = {
+    "ClientConnectionError",
+    "ClientPayloadError",
+    "ServerDisconnectedError",
+    "EndpointConnectionError",
+    "ConnectionClosedError",
+    "ReadTimeoutError",
+    "ConnectTimeoutError",
+    "ResponseStreamingError",
+    "IncompleteReadError",
+}
+# TLS failures that no retry will mend: the certificate, or TLS spoken to a plain-HTTP port.
+_TLS_PERMANENT = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "WRONG_VERSION_NUMBER", "wrong version")
 
 
 def error_code(exc: BaseException) -> str | None:
@@ -169,7 +202,8 @@ def error_code(exc: BaseException) -> str | None:
 
 
 def translate(exc: BaseException, url: str, operation: str) -> BaseException:
-    """Map a botocore/aiohttp/OS error raised while doing ``operation`` on ``url`` to a BucketzipError.
+    """Map a botocore/aiohttp/OS error raised while doing ``operation`` on ``url`` to a BucketzipError whose
+    message says the real cause. Anything unrecognised (a bug of ours) is returned as it is.
 
     ``operation`` is ``read`` (a source) or ``write`` (the destination); the same S3 code means different
     things for each (NoSuchBucket is a missing source, but a destination we cannot write).
@@ -178,58 +212,57 @@ def translate(exc: BaseException, url: str, operation: str) -> BaseException:
         return exc
     code = error_code(exc)
     if code is not None:
-        message = exc.response.get("Error", {}).get("Message") or code  # type: ignore[attr-defined]
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")  # type: ignore[attr-defined]
-        if code in _TRANSIENT or code.startswith("5") or (isinstance(status, int) and status >= 500):
-            return TransientError(url, f"{code}: {message}")
-        if code in _DENIED:
-            return AccessDenied(url, operation)
-        if operation == "read":
-            if code in _MISSING or code == "NoSuchBucket":
-                return SourceMissing([url])
-            if code in _CHANGED:
-                return SourceChanged(url, "it was overwritten or deleted after it was listed")
-        if code == "NoSuchBucket":
-            return UploadFailed(url, "the bucket does not exist")
-        if code == "ResourceNotFoundException" and url.startswith("glacier://"):
-            return UploadFailed(url, "the vault (or the upload) does not exist")
-        if operation == "write":
-            return UploadFailed(url, f"{code}: {message}")
-        return _other(url, code, message, status)
+        return _answered(exc, code, url, operation)
+    names = {c.__name__ for c in type(exc).__mro__}
+    if "NoCredentialsError" in names:
+        return CredentialsError(url, operation, _NO_CREDENTIALS)
+    if "PartialCredentialsError" in names:
+        return CredentialsError(url, operation, f"{exc}: set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    if names & _TLS:
+        text = str(exc)
+        if any(marker in text for marker in _TLS_PERMANENT):
+            return EndpointError(
+                url,
+                f"TLS failed ({text}): check the scheme of AWS_ENDPOINT_URL_S3, and AWS_CA_BUNDLE if the "
+                "endpoint's certificate is signed by a private CA",
+            )
+        return TransientError(url, f"TLS error: {text}")
     if isinstance(exc, FileNotFoundError):
         return SourceMissing([url]) if operation == "read" else UploadFailed(url, "the folder does not exist")
     if isinstance(exc, PermissionError):
         return AccessDenied(url, operation)
-    if _is_network_error(exc):
-        return TransientError(url, f"{type(exc).__name__}: {exc}")
+    if names & _NETWORK or isinstance(exc, ConnectionError | TimeoutError):
+        return TransientError(url, f"cannot reach the S3 endpoint: {type(exc).__name__}: {exc}")
     return exc
 
 
-def _other(url: str, code: str, message: str, status: object) -> BucketzipError:
-    if code == "InvalidObjectState":
-        return SourceUnreadable(url, "it is archived (GLACIER or DEEP_ARCHIVE); restore it before zipping it")
+def _answered(exc: BaseException, code: str, url: str, operation: str) -> BucketzipError:
+    """An error the endpoint answered with (a botocore ClientError)."""
+    response = exc.response  # type: ignore[attr-defined]
+    message = response.get("Error", {}).get("Message") or code
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    server_side = (isinstance(status, int) and status >= 500) or code.startswith("5")
+    if code in _TRANSIENT or (server_side and code not in _PERMANENT_5XX and status != 501):
+        return TransientError(url, f"{code}: {message}")
+    if code in _BAD_CREDENTIALS:
+        cause, advice = _BAD_CREDENTIALS[code]
+        return CredentialsError(url, operation, f"{cause} ({code}): {advice}")
+    if code in _DENIED:
+        return AccessDenied(url, operation)
+    if operation == "read":
+        if code in _MISSING or code == "NoSuchBucket":
+            return SourceMissing([url])
+        if code in _CHANGED:
+            return SourceChanged(url, "it was overwritten or deleted after it was listed")
+        if code == "InvalidObjectState":
+            return SourceUnreadable(url, "it is archived (GLACIER or DEEP_ARCHIVE); restore it before zipping it")
+    if code == "NoSuchBucket":
+        return UploadFailed(url, "the bucket does not exist")
+    if code == "ResourceNotFoundException" and url.startswith("glacier://"):
+        return UploadFailed(url, "the vault (or the upload) does not exist")
+    if operation == "write":
+        return UploadFailed(url, f"{code}: {message}")
     # Most codes are names, so the HTTP status tells a permanent client error from one worth retrying.
-    if code.startswith("4") or (isinstance(status, int) and 400 <= status < 500):
+    if code.startswith("4") or (isinstance(status, int) and 400 <= status < 500) or server_side:
         return SourceUnreadable(url, f"{code}: {message}")
     return TransientError(url, f"{code}: {message}")
-
-
-def _is_network_error(exc: BaseException) -> bool:
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return True
-    names = {c.__name__ for c in type(exc).__mro__}
-    # aiohttp and botocore network errors, matched by name so this module imports neither.
-    return bool(
-        names
-        & {
-            "ClientConnectionError",
-            "ClientPayloadError",
-            "ServerDisconnectedError",
-            "EndpointConnectionError",
-            "ConnectionClosedError",
-            "ReadTimeoutError",
-            "ConnectTimeoutError",
-            "ResponseStreamingError",
-            "IncompleteReadError",
-        }
-    )

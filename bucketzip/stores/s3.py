@@ -13,7 +13,9 @@ import asyncio
 import base64
 import binascii
 import builtins
+import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -21,10 +23,12 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from ..config import Settings
-from ..errors import SourceChanged, TransientError
+from ..errors import AccessDenied, CredentialsError, SourceChanged, TransientError
 from ..spec import Location
 from .base import ObjectInfo, RestoreState, SinkOptions, error_code, translate
 from .s3sink import S3Sink, abort_upload
+
+log = logging.getLogger(__name__)
 
 
 def restore_state(header: str | None) -> RestoreState:
@@ -34,6 +38,14 @@ def restore_state(header: str | None) -> RestoreState:
     return "ongoing" if 'ongoing-request="true"' in header.replace(" ", "") else "restored"
 
 
+CLIENT_CONFIG: dict[str, Any] = {
+    # botocore >= 1.36 adds CRC checksums to every request by default, which several S3-compatible stores
+    # (older MinIO, B2, R2) reject; send them only where the API requires them.
+    "request_checksum_calculation": "when_required",
+    "response_checksum_validation": "when_required",
+    # Presigned URLs must be SigV4: SigV2 is refused in newer regions and by most S3-compatibles.
+    "signature_version": "s3v4",
+}
 RESUME_ATTEMPTS = 3  # a GET whose connection drops mid-body resumes from where it stopped, this many times
 
 
@@ -74,9 +86,66 @@ def full_object_crc32(response: dict[str, Any]) -> int | None:
     return int.from_bytes(raw, "big") if len(raw) == 4 else None
 
 
+async def presign_lifetime(credentials: Any, expires: int, temporary_cap: int) -> int:
+    """How long a URL signed with ``credentials`` can work, at most ``expires``. Temporary credentials (with a
+    session token) take the URL down with them: at most ``temporary_cap`` seconds then, and at most what they
+    have left when botocore knows their expiry (a role's credentials; not a bare AWS_SESSION_TOKEN)."""
+    if credentials is None:
+        return expires
+    frozen = await credentials.get_frozen_credentials()
+    if not frozen.token:
+        return expires
+    lifetime = min(expires, temporary_cap)
+    expiry = getattr(credentials, "_expiry_time", None)  # RefreshableCredentials'
+    if expiry is not None:
+        lifetime = min(lifetime, max(1, int(expiry.timestamp() - time.time())))
+    return lifetime
+
+
 def _session(session: Any) -> Any:
     session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_timestamp)
     return session
+
+
+def boto_client(settings: Settings, config: dict[str, Any], data_loader: Any = None) -> Any:
+    """A blocking boto3 S3 client for ``settings`` (credentials, endpoint, region) with botocore ``config``."""
+    import boto3
+    import botocore.session
+    from botocore.config import Config
+
+    s = settings
+    core = _session(botocore.session.Session(profile=s.profile))
+    if data_loader is not None:
+        core.register_component("data_loader", data_loader)
+    session = boto3.session.Session(
+        aws_access_key_id=s.access_key_id if s.secret_access_key else None,
+        aws_secret_access_key=s.secret_access_key if s.access_key_id else None,
+        aws_session_token=s.session_token if s.access_key_id else None,
+        region_name=s.region,
+        botocore_session=core,
+    )
+    return session.client("s3", endpoint_url=s.endpoint_url, config=Config(**config))
+
+
+def check(settings: Settings, timeout: float, buckets: list[str]) -> None:
+    """Raise (translated) unless the endpoint answers within about ``timeout`` seconds, with no retry: list one
+    key of each of ``buckets``, or else the buckets. "Denied" is an answer; bad credentials are not. Loads
+    boto3, not s3fs."""
+    config = {**CLIENT_CONFIG, "connect_timeout": timeout, "read_timeout": timeout}
+    client = boto_client(settings, {**config, "retries": {"mode": "standard", "max_attempts": 1}})
+    url = "s3://"
+    try:
+        for bucket in buckets:
+            url = f"s3://{bucket}"
+            client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+        if not buckets:
+            client.list_buckets()
+    except Exception as exc:
+        err = translate(exc, url, "read")
+        if not (isinstance(err, AccessDenied) and not isinstance(err, CredentialsError)):
+            raise err from exc
+    finally:
+        client.close()
 
 
 class S3Store:
@@ -85,15 +154,10 @@ class S3Store:
         import s3fs
 
         self.config: dict[str, Any] = {
+            **CLIENT_CONFIG,
             # Enough connections for every concurrent read and part upload of a job, plus listings.
             "max_pool_connections": settings.read_concurrency + settings.upload_concurrency + 8,
             "retries": {"mode": "standard", "max_attempts": 5},
-            # botocore >= 1.36 adds CRC checksums to every request by default, which several S3-compatible
-            # stores (older MinIO, B2, R2) reject; send them only where the API requires them.
-            "request_checksum_calculation": "when_required",
-            "response_checksum_validation": "when_required",
-            # Presigned URLs must be SigV4: SigV2 is refused in newer regions and by most S3-compatibles.
-            "signature_version": "s3v4",
         }
         self.session = _session(aiobotocore.session.AioSession(profile=settings.profile))
         self.fs = s3fs.S3FileSystem(
@@ -112,23 +176,12 @@ class S3Store:
         """The blocking boto3 client the sink uploads with (made once, on first use; thread-safe)."""
         with self._boto_lock:
             if self._boto is None:
-                import boto3
-                import botocore.session
-                from botocore.config import Config
-
-                s = self.settings
-                core = _session(botocore.session.Session(profile=s.profile))
-                # One copy of the S3 service model (~7 MiB) for both clients.
-                core.register_component("data_loader", self.session.get_component("data_loader"))
-                session = boto3.session.Session(
-                    aws_access_key_id=s.access_key_id if s.secret_access_key else None,
-                    aws_secret_access_key=s.secret_access_key if s.access_key_id else None,
-                    aws_session_token=s.session_token if s.access_key_id else None,
-                    region_name=s.region,
-                    botocore_session=core,
-                )
-                self._boto = session.client("s3", endpoint_url=s.endpoint_url, config=Config(**self.config))
+                self._boto = self._new_boto()
             return self._boto
+
+    def _new_boto(self) -> Any:
+        # One copy of the S3 service model (~7 MiB) for both clients.
+        return boto_client(self.settings, self.config, self.session.get_component("data_loader"))
 
     async def client(self, bucket: str | None = None) -> Any:
         if self.fs._s3 is None:
@@ -142,6 +195,8 @@ class S3Store:
         except Exception as exc:
             if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
+            if error_code(exc) == "403":  # a HEAD's answer has no body to say why: a GET's does
+                exc = await self._why_forbidden(s3, loc) or exc
             raise translate(exc, loc.url, "read") from exc
         metadata = {k.lower(): v for k, v in r.get("Metadata", {}).items()}
         return ObjectInfo(
@@ -170,6 +225,15 @@ class S3Store:
         except Exception as exc:
             raise translate(exc, loc.url, "read") from exc
         return full_object_crc32(r)
+
+    async def _why_forbidden(self, s3: Any, loc: Location) -> Exception | None:
+        """The error a one-byte GET of ``loc`` answers with (InvalidAccessKeyId, AccessDenied...), if any."""
+        try:
+            resp = await s3.get_object(Bucket=loc.bucket, Key=loc.key, Range="bytes=0-0")
+            resp["Body"].close()
+        except Exception as exc:
+            return exc
+        return None
 
     async def list(self, loc: Location) -> AsyncIterator[ObjectInfo]:
         s3 = await self.client(loc.bucket)
@@ -243,11 +307,22 @@ class S3Store:
         return S3Sink(client, self.pool, dest, options)
 
     async def presign(self, loc: Location, version_id: str | None, expires: int) -> str:
+        """A GET URL for ``loc`` valid for ``expires`` seconds - or less, under temporary credentials: see
+        ``presign_lifetime``."""
         s3 = await self.client(loc.bucket)
         params = {"Bucket": loc.bucket, "Key": loc.key}
         if version_id:
             params["VersionId"] = version_id
-        return str(await s3.generate_presigned_url("get_object", Params=params, ExpiresIn=expires))
+        lifetime = await presign_lifetime(s3._get_credentials(), expires, self.settings.presign_expires_temporary)
+        if lifetime < expires:
+            log.warning(
+                "the URL of %s lasts %d s, not the %d s asked: it is signed with temporary credentials (a session "
+                "token), and dies with them (BUCKETZIP_PRESIGN_EXPIRES_TEMPORARY)",
+                loc.url,
+                lifetime,
+                expires,
+            )
+        return str(await s3.generate_presigned_url("get_object", Params=params, ExpiresIn=lifetime))
 
     async def restore_state(self, obj: ObjectInfo) -> RestoreState:
         """An archived object's restore, from its HEAD's ``x-amz-restore``: none requested, ongoing, or done."""

@@ -4,6 +4,11 @@ Parts are uploaded with boto3 on a small thread pool rather than through the eve
 moto on loopback, boto3 (urllib3) moved 80-90 MB/s where aiobotocore (aiohttp) moved ~48 MB/s, and its socket
 writes and SigV4 payload hashing release the GIL on the pool's threads instead of stalling the loop that runs
 the reads.
+
+A CreateMultipartUpload whose answer is lost (botocore then retries it and a second upload is made, or the
+call fails after the server made one, or the job is cancelled while it is in flight) would leave an upload
+nobody knows the id of. The sink looks for such uploads on its key and aborts them (``_abort_lost``): the
+destination is locked for the job, so an upload on the same key that is not the job's own is garbage.
 """
 
 from __future__ import annotations
@@ -11,14 +16,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
-from ..errors import LeaseLost, UploadFailed
+from ..errors import LeaseLost, TransientError, UploadFailed
 from ..spec import Location
 from .base import JOB_TAG, RUN_TAG, Published, SinkOptions, error_code, tag_metadata, translate
+
+log = logging.getLogger(__name__)
 
 ABORT_ATTEMPTS = 3  # S3 may need an abort repeated before every part is freed
 # What a commit may be answered when it did not fail: the conditional write found the destination changed
@@ -95,10 +104,7 @@ class S3Sink:
 
     async def _submit(self, part: bytes) -> None:
         if self.upload_id is None:
-            r = await self._call(self.client.create_multipart_upload, **self._object_args())
-            self.upload_id = r["UploadId"]
-            if self.options.on_upload:
-                self.options.on_upload(r["UploadId"])
+            await self._create()
         await self._slots.acquire()
         if self._failure is not None:
             self._slots.release()
@@ -108,6 +114,76 @@ class S3Sink:
         future = self.pool.submit(self._upload, self._numbered, part)
         self._inflight.add(future)
         future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._uploaded, f))
+
+    async def _create(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        call = loop.run_in_executor(
+            self.pool, functools.partial(self.client.create_multipart_upload, **self._object_args())
+        )
+        try:
+            r = await asyncio.shield(call)  # cancelled, we stop waiting, but the create goes on: see below
+        except asyncio.CancelledError:
+            call.add_done_callback(self._abort_late)
+            raise
+        except Exception as exc:
+            err = translate(exc, self.dest.url, "write")
+            response = getattr(exc, "response", None) or {}
+            retried = response.get("ResponseMetadata", {}).get("RetryAttempts")
+            if retried or isinstance(err, TransientError):  # an attempt may have been made, unanswered
+                await self._abort_lost(None, time.monotonic() - started)
+            raise err from exc
+        self.upload_id = r["UploadId"]
+        if self.options.on_upload:
+            self.options.on_upload(r["UploadId"])
+        if r.get("ResponseMetadata", {}).get("RetryAttempts"):  # botocore sent it again: was the first lost?
+            await self._abort_lost(self.upload_id, time.monotonic() - started)
+
+    def _abort_late(self, call: asyncio.Future[Any]) -> None:
+        """The job was cancelled while its create was in flight: abort the upload it made, unseen."""
+        if not call.cancelled() and call.exception() is None:
+            upload_id = call.result()["UploadId"]
+            log.info("aborting upload %s of %s: the job stopped while it was being created", upload_id, self.dest.url)
+            self.pool.submit(self._abort_quietly, upload_id)
+
+    async def _abort_lost(self, ours: str | None, took: float) -> None:
+        """Abort the uploads on our key that our create made but never heard of (its answer was lost).
+
+        With an upload of ours, those begun in the ``took`` seconds before it, by the store's own clock (our
+        retried create came after the lost one), so that no clock of ours is trusted. Without one (the create
+        failed), every upload on the key: the destination is the job's alone while it runs."""
+        loop = asyncio.get_running_loop()
+        try:
+            found = await loop.run_in_executor(self.pool, self._uploads_of_key)
+        except Exception as exc:
+            log.warning("cannot look for uploads of %s whose creation was not answered: %s", self.dest.url, exc)
+            return
+        mine = next((u for u in found if u["UploadId"] == ours), None)
+        for upload in found:
+            if upload["UploadId"] == ours:
+                continue
+            if mine is not None and not (
+                mine["Initiated"] - timedelta(seconds=took + 1) <= upload["Initiated"] <= mine["Initiated"]
+            ):
+                continue  # +1 s: stores that date uploads to the second
+            log.warning("aborting upload %s of %s: its creation was not answered", upload["UploadId"], self.dest.url)
+            await loop.run_in_executor(self.pool, self._abort_quietly, upload["UploadId"])
+
+    def _uploads_of_key(self) -> list[dict[str, Any]]:  # on a pool thread
+        found: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"Bucket": self.dest.bucket, "Prefix": self.dest.key}
+        while True:
+            page = self.client.list_multipart_uploads(**kwargs)
+            found += [u for u in page.get("Uploads", ()) if u["Key"] == self.dest.key]
+            if not page.get("IsTruncated"):
+                return found
+            kwargs.update(KeyMarker=page.get("NextKeyMarker"), UploadIdMarker=page.get("NextUploadIdMarker"))
+
+    def _abort_quietly(self, upload_id: str) -> None:  # on a pool thread
+        try:
+            abort_upload(self.client, self.dest.bucket, self.dest.key, upload_id)
+        except Exception as exc:
+            log.warning("could not abort upload %s of %s (%s); it is left for the sweep", upload_id, self.dest.url, exc)
 
     def _upload(self, number: int, part: bytes) -> None:  # on a pool thread
         r = self.client.upload_part(
@@ -206,7 +282,10 @@ class S3Sink:
         return Published(self._size, r.get("ETag"), version, max(1, len(self._parts)))
 
     async def abort(self) -> None:
-        """Let part uploads in flight finish, then abort the upload: no object, no parts left behind."""
+        """Let part uploads in flight finish, then abort the upload: no object, no parts left behind.
+
+        If the store refuses the abort (a policy without ``s3:AbortMultipartUpload``, an outage), this raises
+        ``UploadFailed`` naming the upload, which stays recorded (``SinkOptions.on_upload``) for the sweep."""
         self._closed = True
         self._buffer = bytearray()
         for future in list(self._inflight):
@@ -216,4 +295,12 @@ class S3Sink:
         if self.upload_id is not None:
             loop = asyncio.get_running_loop()
             upload_id = self.upload_id
-            await loop.run_in_executor(self.pool, abort_upload, self.client, self.dest.bucket, self.dest.key, upload_id)
+            try:
+                await loop.run_in_executor(
+                    self.pool, abort_upload, self.client, self.dest.bucket, self.dest.key, upload_id
+                )
+            except Exception as exc:
+                raise UploadFailed(
+                    self.dest.url,
+                    f"multipart upload {upload_id} could not be aborted ({exc}); it is left for the sweep",
+                ) from exc
