@@ -19,11 +19,11 @@ import time
 from typing import Any
 
 from celery import Task, shared_task, signals
-from celery.exceptions import Ignore, Reject
+from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 
 from .config import Settings
-from .errors import InvalidJob, JobCancelled, LeaseLost, RestorePending, TransientError, WorkerLost
+from .errors import InvalidJob, JobCancelled, JobTimedOut, LeaseLost, RestorePending, TransientError, WorkerLost
 from .lifecycle import (
     CANCEL,
     CANCELLED,
@@ -175,6 +175,12 @@ def _record_failure(
         raise Reject(LeaseLost(job_id), requeue=True) from exc
     if reason == CANCEL or isinstance(exc, JobCancelled):
         exc, state = JobCancelled(job_id), CANCELLED
+    elif isinstance(exc, SoftTimeLimitExceeded):
+        limit = life.registry.settings.soft_time_limit
+        exc, state = (
+            JobTimedOut(job_id, f"it ran {limit}s, its soft limit; it was stopped and its upload aborted"),
+            FAILED,
+        )
     elif isinstance(exc, TransientError):
         retries_left = task.request.retries < (task.max_retries or 0)
         state = RETRYING if retries_left else FAILED
@@ -182,8 +188,8 @@ def _record_failure(
         state = FAILED
     if not life.finish(job_id, lease, state, {"error": json.dumps(error_record(exc))}):
         raise Ignore() from exc  # no longer this run's job: store nothing over the run that holds it
-    if isinstance(exc, JobCancelled):
-        raise exc
+    if isinstance(exc, JobCancelled | JobTimedOut):
+        raise exc  # in our words, to the record and to the result backend alike
 
 
 def _recorded(registry: Registry, job_id: str, spec: JobSpec, info: Any) -> dict[str, Any]:
