@@ -177,10 +177,11 @@ def _record_failure(
         exc, state = JobCancelled(job_id), CANCELLED
     elif isinstance(exc, SoftTimeLimitExceeded):
         limit = life.registry.settings.soft_time_limit
-        exc, state = (
-            JobTimedOut(job_id, f"it ran {limit}s, its soft limit; it was stopped and its upload aborted"),
-            FAILED,
+        reason = (
+            f"its soft time limit of {limit}s (BUCKETZIP_JOB_SOFT_TIME_LIMIT, by default just under "
+            "BUCKETZIP_JOB_TIME_LIMIT) was reached; its upload was aborted"
         )
+        exc, state = JobTimedOut(job_id, reason), FAILED
     elif isinstance(exc, TransientError):
         retries_left = task.request.retries < (task.max_retries or 0)
         state = RETRYING if retries_left else FAILED
