@@ -143,3 +143,30 @@ def worker_process(env: dict[str, str], name: str, log: IO[bytes] | None = None)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def redis_process(port: int, directory: str, appendonly: bool = True) -> Iterator[subprocess.Popen[bytes]]:
+    """A private ``redis-server`` on ``port`` keeping its files in ``directory`` (with ``appendonly``, every
+    write goes to the AOF at once, so a restart on the same port and directory loses nothing). Stopped with
+    SHUTDOWN's signal (SIGTERM) after. For tests and benchmarks that restart Redis: never the shared one."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server is not installed")
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", directory]
+    args += ["--appendonly", "yes", "--appendfsync", "always"] if appendonly else ["--appendonly", "no"]
+    proc = subprocess.Popen([exe, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not port_open("127.0.0.1", port, 0.2):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {port}")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -15,6 +15,7 @@ import pytest
 
 from bucketzip.config import Settings
 from bucketzip.devserver import moto_server, port_open
+from tests.faultmatrix import pytest_runtest_logreport, pytest_terminal_summary  # noqa: F401  the matrix's report
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}

@@ -92,6 +92,7 @@ class Rule:
     op: str
     fault: str
     key: str | None = None  # only requests for this object key
+    bucket: str | None = None  # only requests to this bucket
     status: int = 503
     code: str = "SlowDown"
     times: int | None = 1
@@ -179,10 +180,10 @@ class FaultProxy:
         for rule in rules:
             rule.release()
 
-    def _match(self, op: str, key: str) -> Rule | None:
+    def _match(self, op: str, bucket: str, key: str) -> Rule | None:
         with self.lock:
             for rule in self.rules:
-                if rule.op not in (op, "any") or (rule.key is not None and rule.key != key):
+                if rule.op not in (op, "any") or rule.key not in (None, key) or rule.bucket not in (None, bucket):
                     continue
                 rule.seen += 1
                 if rule.seen <= rule.skip or (rule.times is not None and rule.hits >= rule.times):
@@ -231,7 +232,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             path, _, query = self.path.partition("?")
             op, bucket, key, upload_id = classify(self.command, path, query)
             body = self._read_body()
-            rule = proxy._match(op, key)
+            rule = proxy._match(op, bucket, key)
             ex = Exchange(op, self.command, bucket, key, upload_id, rule.fault if rule else None)
             with proxy.lock:
                 proxy.log.append(ex)
