@@ -173,17 +173,19 @@ class Case:
         job = wait_until(lambda: (j := self.registry.get(job_id)) and j.state == RUNNING and j.worker and j, "run")
         return int(job.worker.rsplit(":", 1)[1])
 
-    def stall(self, stage: str) -> Rule:
+    def stall(self, stage: str, times: int | None = None) -> Rule:
         """A rule that holds the first request of ``stage`` (listing, streaming, completing, published)."""
         bucket = self.corpus[0]
+        # By default every matching request is held until released: a client that times out (s3fs reads give
+        # up after 15 s) and retries is held again, so the job stays at its stage however slow the machine.
         if stage == "listing":
-            return self.proxy.add("list", "stall", bucket=bucket, hold=WAIT)
+            return self.proxy.add("list", "stall", bucket=bucket, times=times, hold=WAIT)
         if stage == "streaming":
-            return self.proxy.add("get", "stall", bucket=bucket, key=STREAMING_KEY, hold=WAIT)
+            return self.proxy.add("get", "stall", bucket=bucket, key=STREAMING_KEY, times=times, hold=WAIT)
         if stage == "completing":
-            return self.proxy.add("complete", "stall", bucket=self.out, hold=WAIT)
+            return self.proxy.add("complete", "stall", bucket=self.out, times=times, hold=WAIT)
         if stage == "published":
-            return self.proxy.add("complete", "stall_response", bucket=self.out, hold=WAIT)
+            return self.proxy.add("complete", "stall_response", bucket=self.out, times=times, hold=WAIT)
         raise ValueError(stage)
 
     def hold(self, stage: str, job_id: str) -> Rule:
@@ -313,16 +315,49 @@ def make_case(
     yield make
     proxy.clear()  # releases whatever is still held
     for case in cases:
+        # make_bucket deletes the bucket now: the registry must not send the next case's sweep to it.
+        with contextlib.suppress(redis.RedisError):  # (a private Redis may be gone already)
+            case.registry.redis.srem(case.registry.key("buckets"), case.out)
         case.client.close()
 
 
 # --- SIGKILL of the process running the job, at each stage (the OOM killer, a crash) ---
 
 STAGES = ["listing", "streaming", "completing", "published"]
-KNOWN = "issue 8: "
 
 
-@pytest.mark.parametrize("stage", STAGES)
+def known(defect: str) -> pytest.MarkDecorator:
+    """A case that fails on a lifecycle defect issue 8 names; strict, so the fix makes it fail until unmarked."""
+    return pytest.mark.xfail(strict=True, reason=f"issue 8: {defect}")
+
+
+REPUBLISHED = known(
+    "a redelivered run does not find its own published archive (no job id on the archive, the destination is "
+    "not checked) and publishes it again"
+)
+SIGTERM_WAITS = known("SIGTERM starts a warm shutdown that waits for the running job: it is not aborted and requeued")
+CANCEL_AFTER_COMMIT = known(
+    "a cancel noticed during CompleteMultipartUpload records the job cancelled while its archive is published "
+    "(the progress report after commit() raises JobCancelled)"
+)
+STALE_RUN_OVERWRITES = known(
+    "a run that lost its lease records 'cancelled' over the winner's 'succeeded' (transitions are not compare-and-set)"
+)
+LOST_CREATE = known(
+    "an upload whose CreateMultipartUpload response was lost is never recorded, so the sweep (without "
+    "BUCKETZIP_SWEEP_BUCKETS) leaves it open"
+)
+LOST_COMPLETE = known(
+    "NoSuchUpload on the retried CompleteMultipartUpload fails the job although its archive was published (the "
+    "destination is not checked)"
+)
+
+
+def stages(**marks: pytest.MarkDecorator) -> list[Any]:
+    return [pytest.param(s, marks=marks[s]) if s in marks else s for s in STAGES]
+
+
+@pytest.mark.parametrize("stage", stages(published=REPUBLISHED))
 def test_sigkill(stage: str, pair: Workers, make_case: Callable[..., Case]) -> None:
     case = make_case(f"SIGKILL of the job's process while {stage}", pair.env)
     case.stall(stage)
@@ -348,7 +383,7 @@ def _zombie(pid: int) -> bool:
 # --- SIGTERM of the worker (a deploy, docker compose stop), at each stage ---
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", stages(listing=SIGTERM_WAITS, streaming=SIGTERM_WAITS))
 def test_sigterm(
     stage: str, proxy: FaultProxy, redis_url: str, logdir: str, make_case: Callable[..., Case], request: Any
 ) -> None:
@@ -367,7 +402,7 @@ def test_sigterm(
     if stage in ("listing", "streaming"):
         # The job is aborted and requeued at once: the worker does not wait for a job held at the proxy.
         with contextlib.suppress(subprocess.TimeoutExpired):
-            master.wait(20)
+            master.wait(10)
         case.row["shutdown"] = "prompt" if master.returncode is not None else "waited for the job"
         rule.release()
         assert master.returncode is not None, "the worker waited for its job instead of requeueing it"
@@ -398,7 +433,7 @@ def test_cancel_queued(pair: Workers, make_case: Callable[..., Case], proxy: Fau
     case.settle(job_id, (CANCELLED,))
 
 
-@pytest.mark.parametrize("stage", ["listing", "streaming", "completing"])
+@pytest.mark.parametrize("stage", ["listing", "streaming", pytest.param("completing", marks=CANCEL_AFTER_COMMIT)])
 def test_cancel(stage: str, pair: Workers, make_case: Callable[..., Case]) -> None:
     case = make_case(f"cancel while {stage}", pair.env)
     rule = case.stall(stage)
@@ -455,9 +490,10 @@ def _which(name: str) -> str | None:
 # --- a heartbeat frozen past the lease; a second delivery takes over ---
 
 
+@STALE_RUN_OVERWRITES
 def test_frozen_heartbeat(pair: Workers, make_case: Callable[..., Case]) -> None:
     case = make_case("SIGSTOP past the lease, a second delivery takes over, SIGCONT", pair.env)
-    rule = case.stall("streaming")
+    rule = case.stall("streaming", times=1)  # only the first run: the second one must get through
     job_id = case.submit()
     child = case.running_child(job_id)
     case.hold("streaming", job_id)
@@ -469,7 +505,8 @@ def test_frozen_heartbeat(pair: Workers, make_case: Callable[..., Case]) -> None
         job = wait_until(lambda: (j := case.job(job_id)).state == SUCCEEDED and j, "the second run to succeed")
         winner = job.worker
     finally:
-        os.kill(child, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGCONT)
     rule.release()
     # The frozen run wakes up without its lease: it must stop, abort its upload and record nothing.
     open_ids = lambda: [u["UploadId"] for u in case.s3.list_multipart_uploads(Bucket=case.out).get("Uploads", [])]  # noqa: E731
@@ -484,7 +521,7 @@ def test_frozen_heartbeat(pair: Workers, make_case: Callable[..., Case]) -> None
 
 def test_duplicate_delivery(pair: Workers, make_case: Callable[..., Case]) -> None:
     case = make_case("the same message delivered twice while running, and again after success", pair.env)
-    rule = case.stall("streaming")
+    rule = case.stall("streaming", times=1)
     job_id = case.submit()
     case.running_child(job_id)
     case.hold("streaming", job_id)
@@ -535,11 +572,13 @@ def test_complete_answered_200_with_an_error(pair: Workers, make_case: Callable[
     assert job is not None
 
 
+@LOST_CREATE
 def test_lost_create_response(pair: Workers, make_case: Callable[..., Case]) -> None:
     case = make_case("CreateMultipartUpload response lost (botocore retries)", pair.env)
     _s3_fault(case, lambda c: c.proxy.add("create", "lose_response", bucket=c.out), (SUCCEEDED,))
 
 
+@LOST_COMPLETE
 def test_lost_complete_response(pair: Workers, make_case: Callable[..., Case]) -> None:
     case = make_case("CompleteMultipartUpload response lost; the retry gets NoSuchUpload", pair.env)
     _s3_fault(case, lambda c: c.proxy.add("complete", "lose_response", bucket=c.out), (SUCCEEDED,))
