@@ -131,7 +131,7 @@ def load(args: argparse.Namespace, tmp: str, env: dict[str, str], s3: Any) -> di
         figures["accepted"] = len(ids)
         log(f"submitted {len(ids)} jobs in {figures['submit_seconds']:.1f}s")
         for n in range(args.workers):
-            logfile = stack.enter_context(open(os.path.join(tmp, f"worker{n}.log"), "wb"))  # noqa: SIM115
+            logfile = stack.enter_context(open(os.path.join(tmp, f"worker{n}.log"), "wb"))
             stack.enter_context(worker_process(env, f"load{n}-{uuid.uuid4().hex[:4]}", logfile))
         watch = Watch(registry, ids)
         start = time.monotonic()

@@ -326,8 +326,6 @@ def make_case(
         case.client.close()
 
 
-# --- SIGKILL of the process running the job, at each stage (the OOM killer, a crash) ---
-
 STAGES = ["listing", "streaming", "completing", "published"]
 
 
@@ -336,33 +334,16 @@ def known(defect: str) -> pytest.MarkDecorator:
     return pytest.mark.xfail(strict=True, reason=f"issue 8: {defect}")
 
 
-REPUBLISHED = known(
-    "a redelivered run does not find its own published archive (no job id on the archive, the destination is "
-    "not checked) and publishes it again"
-)
-SIGTERM_WAITS = known("SIGTERM starts a warm shutdown that waits for the running job: it is not aborted and requeued")
-CANCEL_AFTER_COMMIT = known(
-    "a cancel noticed during CompleteMultipartUpload records the job cancelled while its archive is published "
-    "(the progress report after commit() raises JobCancelled)"
-)
-STALE_RUN_OVERWRITES = known(
-    "a run that lost its lease records 'cancelled' over the winner's 'succeeded' (transitions are not compare-and-set)"
-)
 LOST_CREATE = known(
     "an upload whose CreateMultipartUpload response was lost is never recorded, so the sweep (without "
     "BUCKETZIP_SWEEP_BUCKETS) leaves it open"
 )
-LOST_COMPLETE = known(
-    "NoSuchUpload on the retried CompleteMultipartUpload fails the job although its archive was published (the "
-    "destination is not checked)"
-)
 
 
-def stages(**marks: pytest.MarkDecorator) -> list[Any]:
-    return [pytest.param(s, marks=marks[s]) if s in marks else s for s in STAGES]
+# --- SIGKILL of the process running the job, at each stage (the OOM killer, a crash) ---
 
 
-@pytest.mark.parametrize("stage", stages(published=REPUBLISHED))
+@pytest.mark.parametrize("stage", STAGES)
 def test_sigkill(stage: str, pair: Workers, make_case: Callable[..., Case]) -> None:
     case = make_case(f"SIGKILL of the job's process while {stage}", pair.env)
     case.stall(stage)
@@ -381,7 +362,7 @@ def test_sigkill(stage: str, pair: Workers, make_case: Callable[..., Case]) -> N
 # --- SIGTERM of the worker (a deploy, docker compose stop), at each stage ---
 
 
-@pytest.mark.parametrize("stage", stages(listing=SIGTERM_WAITS, streaming=SIGTERM_WAITS))
+@pytest.mark.parametrize("stage", STAGES)
 def test_sigterm(
     stage: str, proxy: FaultProxy, redis_url: str, logdir: str, make_case: Callable[..., Case], request: Any
 ) -> None:
@@ -400,7 +381,7 @@ def test_sigterm(
     if stage in ("listing", "streaming"):
         # The job is aborted and requeued at once: the worker does not wait for a job held at the proxy.
         with contextlib.suppress(subprocess.TimeoutExpired):
-            master.wait(10)
+            master.wait(30)  # the stall holds the job for 90 s: a worker that waits for it is not done in 30
         case.row["shutdown"] = "prompt" if master.returncode is not None else "waited for the job"
         rule.release()
         assert master.returncode is not None, "the worker waited for its job instead of requeueing it"
@@ -431,7 +412,7 @@ def test_cancel_queued(pair: Workers, make_case: Callable[..., Case], proxy: Fau
     case.settle(job_id, (CANCELLED,))
 
 
-@pytest.mark.parametrize("stage", ["listing", "streaming", pytest.param("completing", marks=CANCEL_AFTER_COMMIT)])
+@pytest.mark.parametrize("stage", ["listing", "streaming", "completing"])
 def test_cancel(stage: str, pair: Workers, make_case: Callable[..., Case]) -> None:
     case = make_case(f"cancel while {stage}", pair.env)
     rule = case.stall(stage)
@@ -488,7 +469,6 @@ def _which(name: str) -> str | None:
 # --- a heartbeat frozen past the lease; a second delivery takes over ---
 
 
-@STALE_RUN_OVERWRITES
 def test_frozen_heartbeat(pair: Workers, make_case: Callable[..., Case]) -> None:
     case = make_case("SIGSTOP past the lease, a second delivery takes over, SIGCONT", pair.env)
     rule = case.stall("streaming", times=1)  # only the first run: the second one must get through
@@ -576,7 +556,6 @@ def test_lost_create_response(pair: Workers, make_case: Callable[..., Case]) -> 
     _s3_fault(case, lambda c: c.proxy.add("create", "lose_response", bucket=c.out), (SUCCEEDED,))
 
 
-@LOST_COMPLETE
 def test_lost_complete_response(pair: Workers, make_case: Callable[..., Case]) -> None:
     case = make_case("CompleteMultipartUpload response lost; the retry gets NoSuchUpload", pair.env)
     _s3_fault(case, lambda c: c.proxy.add("complete", "lose_response", bucket=c.out), (SUCCEEDED,))
