@@ -81,29 +81,40 @@ def services(args: argparse.Namespace) -> Iterator[tuple[str, dict[str, str], An
 
 
 class Watch:
-    """Reads the registry while the load runs: states, the catalog, and which submitted jobs have no record."""
+    """Reads the registry while the load runs: the catalog (incrementally), and which submitted jobs have no
+    record although they are unfinished (every ``check_every`` looks: 10,000 EXISTS are cheap, not free)."""
 
-    def __init__(self, registry: Registry, ids: list[str]) -> None:
-        self.registry, self.ids = registry, ids
+    def __init__(self, registry: Registry, ids: list[str], check_every: int = 5) -> None:
+        self.registry, self.ids, self.check_every = registry, ids, check_every
+        self.catalog: dict[str, int] = {}
+        self.read = 0  # catalog entries read so far (it only grows, in time order)
+        self.looks = 0
         self.missing_unfinished = 0  # the most records seen missing at once for jobs not yet in the catalog
 
     def catalogued(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for raw in self.registry.redis.zrange(self.registry.key("archives"), 0, -1):
+        entries = self.registry.redis.zrange(self.registry.key("archives"), self.read, -1)
+        self.read += len(entries)
+        for raw in entries:
             job_id = json.loads(raw)["job_id"]
-            counts[job_id] = counts.get(job_id, 0) + 1
-        return counts
+            self.catalog[job_id] = self.catalog.get(job_id, 0) + 1
+        return self.catalog
 
-    def look(self) -> int:
-        """How many submitted jobs have succeeded (per the catalog); notes records missing meanwhile."""
-        r = self.registry.redis
-        with r.pipeline(transaction=False) as pipe:
+    def missing(self) -> int:
+        with self.registry.redis.pipeline(transaction=False) as pipe:
             for job_id in self.ids:
                 pipe.exists(self.registry.key("job", job_id))
             present = pipe.execute()
         done = self.catalogued()
-        missing = [i for i, p in zip(self.ids, present, strict=True) if not p and i not in done]
-        self.missing_unfinished = max(self.missing_unfinished, len(missing))
+        missing = sum(1 for i, p in zip(self.ids, present, strict=True) if not p and i not in done)
+        self.missing_unfinished = max(self.missing_unfinished, missing)
+        return missing
+
+    def look(self) -> int:
+        """How many submitted jobs have succeeded (per the catalog); notes records missing meanwhile."""
+        self.looks += 1
+        if self.looks % self.check_every == 0:
+            self.missing()
+        done = self.catalogued()
         return sum(1 for i in self.ids if i in done)
 
 
@@ -147,7 +158,7 @@ def load(args: argparse.Namespace, tmp: str, env: dict[str, str], s3: Any) -> di
                 log(f"registry unreachable: {type(exc).__name__}")
                 time.sleep(0.5)
                 continue
-            if done != last:
+            if done != last and watch.looks % 10 == 0:
                 log(f"{done}/{len(ids)} succeeded, {registry.counts()}")
                 last = done
             if restart_at is not None and done >= restart_at and "restart_seconds" not in figures:
@@ -158,9 +169,10 @@ def load(args: argparse.Namespace, tmp: str, env: dict[str, str], s3: Any) -> di
                 figures["restart_seconds"] = time.monotonic() - down
                 figures["restarted_at"] = (done, time.monotonic() - start)
                 log(f"Redis restarted in {figures['restart_seconds']:.2f}s with {done} jobs succeeded")
-            time.sleep(1.0)
+            time.sleep(2.0)
         figures["load_seconds"] = time.monotonic() - start
         figures["succeeded"] = done
+        watch.missing()
         figures["missing_unfinished_max"] = watch.missing_unfinished
         jobs = {j.id: j for j in registry.get_many(ids)}
         catalog = watch.catalogued()
