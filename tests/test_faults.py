@@ -329,17 +329,6 @@ def make_case(
 STAGES = ["listing", "streaming", "completing", "published"]
 
 
-def known(defect: str) -> pytest.MarkDecorator:
-    """A case that fails on a lifecycle defect issue 8 names; strict, so the fix makes it fail until unmarked."""
-    return pytest.mark.xfail(strict=True, reason=f"issue 8: {defect}")
-
-
-LOST_CREATE = known(
-    "an upload whose CreateMultipartUpload response was lost is never recorded, so the sweep (without "
-    "BUCKETZIP_SWEEP_BUCKETS) leaves it open"
-)
-
-
 # --- SIGKILL of the process running the job, at each stage (the OOM killer, a crash) ---
 
 
@@ -550,7 +539,6 @@ def test_complete_answered_200_with_an_error(pair: Workers, make_case: Callable[
     assert job is not None
 
 
-@LOST_CREATE
 def test_lost_create_response(pair: Workers, make_case: Callable[..., Case]) -> None:
     case = make_case("CreateMultipartUpload response lost (botocore retries)", pair.env)
     _s3_fault(case, lambda c: c.proxy.add("create", "lose_response", bucket=c.out), (SUCCEEDED,))
