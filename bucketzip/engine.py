@@ -181,6 +181,7 @@ async def build_archive(
         if_none_match=publication is not None and prior is None,
         if_match=prior.etag if publication is not None and prior is not None else None,
         description=spec.description or default_description(spec),
+        size_hint=sel.input_bytes,
     )
     tracker = _Tracker(sel, settings.progress_interval, on_progress)
     level = settings.compression_level if spec.compression_level is None else spec.compression_level

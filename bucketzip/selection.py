@@ -22,7 +22,7 @@ from .spec import GLOB_CHARS, JobSpec, Location, Source, sanitise_name
 from .stores import ObjectInfo, Store
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One file of the archive: its name and the object it comes from."""
 

@@ -490,7 +490,8 @@ def test_exception_mid_stream_aborts(twenty: tuple[str, str, dict[str, bytes]], 
         pass
 
     def on_progress(p: Progress) -> None:
-        if upload_open(s3, dest, state):
+        # Mid-stream: past the first part (the upload itself is open from the start: see the sink's size_hint).
+        if p.bytes_done > 5 * MiB and upload_open(s3, dest, state):
             state["raised_at"] = p.bytes_done
             raise Boom("injected")
 
@@ -498,6 +499,22 @@ def test_exception_mid_stream_aborts(twenty: tuple[str, str, dict[str, bytes]], 
         run_job(job(src, dest), settings.replace(**SLOW), on_progress)
     assert 5 * MiB <= state["raised_at"] < 20 * MiB
     nothing_written(s3, dest)
+
+
+def test_the_upload_is_created_while_the_first_objects_are_read(
+    twenty: tuple[str, str, dict[str, bytes]], s3: Any, settings: Settings
+) -> None:
+    """An input of several parts: CreateMultipartUpload goes out with the first reads, not after part 1."""
+    src, dest, objects = twenty
+    early: list[int] = []
+
+    def on_progress(p: Progress) -> None:
+        if p.bytes_done < 5 * MiB and not early and open_uploads(s3, dest):
+            early.append(p.bytes_done)
+
+    run_job(job(src, dest), settings.replace(**SLOW), on_progress)
+    assert early, "no upload was open before the first part was full"
+    fetch_archive(s3, dest, "out.zip", {k.removeprefix("src/"): v for k, v in objects.items()})
 
 
 def test_keyboard_interrupt_in_the_job_aborts(

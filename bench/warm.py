@@ -1,0 +1,302 @@
+"""Warm mode: what a queue's users get. ``python -m bench.warm`` (see bench/README.md).
+
+Starts, all private to this run: a moto server, a ``redis-server`` on a free port (never the shared one), and
+a real Celery worker (``celery -A bucketzip.worker worker --pool=prefork -c CPUs``) on them, plus the naive
+pipeline as a long-lived process (``bench.naive --serve``: one s3fs filesystem for all its jobs). Then:
+
+- **warm, by size**: each corpus zipped by both, runs interleaved (the order alternating each round).
+  bucketzip's time is submit-to-succeeded as the producer sees it (``Client.submit`` then ``wait``), queue
+  and result backend included; naive's is its request's round trip. The first archive of each is verified.
+- **latency**: the runs on ``tiny`` (20 objects, 5 MB) give p50 and p99 (use --runs 20 or more).
+- **throughput**: ``--small-jobs`` tiny jobs submitted at once (jobs/s) and ``--medium-jobs`` medium ones
+  (MB/s), on the worker's CPUs-many processes; the server's CPU over the same time; each pool process's
+  peak RSS (``VmHWM``) and its RSS after every phase (flat, or growing from job to job).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import boto3
+
+from bucketzip.config import Settings, usable_cpus
+from bucketzip.devserver import cpu_seconds, free_port, moto_process, redis_server, worker_process
+
+from . import corpus as corpora
+from .runner import child_env, settle
+from .verify import verify
+
+BUCKET = "bench"
+OUT_BUCKET = "bench-out"
+MB = 1e6
+MiB = 2**20
+
+
+class NaiveServer:
+    """``python -m bench.naive --serve``: the naive pipeline in a warm process, one job per request."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        assert proc.stdin and proc.stdout
+        self.stdin: IO[str] = proc.stdin
+        self.stdout: IO[str] = proc.stdout
+        ready = self.stdout.readline()
+        if not ready:
+            raise RuntimeError("the naive server did not start")
+
+    def run(self, keys_file: Path, out: str) -> float:
+        started = time.perf_counter()
+        self.stdin.write(json.dumps({"keys_file": str(keys_file), "out": out}) + "\n")
+        self.stdin.flush()
+        line = self.stdout.readline()
+        if not line:
+            raise RuntimeError("the naive server died")
+        json.loads(line)
+        return time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def naive_server(endpoint: str, env: dict[str, str]) -> Iterator[NaiveServer]:
+    cmd = [sys.executable, "-m", "bench.naive", "--endpoint", endpoint, "--serve"]
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        yield NaiveServer(proc)
+    finally:
+        if proc.stdin:
+            proc.stdin.close()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def pool_processes(worker_pid: int) -> list[int]:
+    """The prefork pool's processes: the worker's children."""
+    with open(f"/proc/{worker_pid}/task/{worker_pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def memory(pid: int) -> dict[str, int]:
+    """``VmRSS`` (now) and ``VmHWM`` (peak) of ``pid``, in bytes."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                out[name] = int(value.split()[0]) * 1024
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0-100)."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))
+    return ordered[int(rank) - 1]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, s3: Any, client: Any, naive: NaiveServer, moto_pid: int, tmp: Path):
+        self.args, self.s3, self.client, self.naive, self.moto_pid, self.tmp = args, s3, client, naive, moto_pid, tmp
+
+    def spec(self, c: corpora.Corpus, key: str) -> dict[str, Any]:
+        return {
+            "sources": [{"url": f"s3://{BUCKET}/{c.prefix}"}],
+            "destination": f"s3://{OUT_BUCKET}/{key}",
+            "compression": "auto",
+        }
+
+    def bucketzip(self, c: corpora.Corpus, key: str) -> float:
+        started = time.perf_counter()
+        handle = self.client.submit(self.spec(c, key))
+        handle.wait(timeout=self.args.timeout)
+        return time.perf_counter() - started
+
+    def keys_file(self, c: corpora.Corpus) -> Path:
+        path = self.tmp / f"{c.name}-keys.txt"
+        path.write_text("".join(f"s3://{BUCKET}/{o.key}\n" for o in c.objects))
+        return path
+
+    def by_size(self, c: corpora.Corpus, runs: int) -> dict[str, Any]:
+        keys = self.keys_file(c)
+        times: dict[str, list[float]] = {"naive": [], "bucketzip": []}
+        for i in range(runs):
+            for contender in ("naive", "bucketzip") if i % 2 == 0 else ("bucketzip", "naive"):
+                settle(self.moto_pid)
+                key = f"{c.name}/{contender}-{i}.zip"
+                if contender == "naive":
+                    seconds = self.naive.run(keys, f"s3://{OUT_BUCKET}/{key}")
+                else:
+                    seconds = self.bucketzip(c, key)
+                if i == 0:
+                    verify(self.s3, OUT_BUCKET, key, len(c.objects), c.input_bytes)
+                times[contender].append(seconds)
+                corpora.delete(self.s3, OUT_BUCKET, f"{c.name}/")
+                print(f"  {c.name} run {i + 1}/{runs} {contender:9} {seconds:8.3f} s", file=sys.stderr, flush=True)
+        naive, bz = statistics.median(times["naive"]), statistics.median(times["bucketzip"])
+        return {
+            "objects": len(c.objects),
+            "input_bytes": c.input_bytes,
+            "naive": times["naive"],
+            "bucketzip": times["bucketzip"],
+            "naive_median": naive,
+            "bucketzip_median": bz,
+            "bucketzip_p50": percentile(times["bucketzip"], 50),
+            "bucketzip_p99": percentile(times["bucketzip"], 99),
+            "naive_p50": percentile(times["naive"], 50),
+            "speedup": naive / bz,
+        }
+
+    def throughput(self, c: corpora.Corpus, jobs: int) -> dict[str, Any]:
+        settle(self.moto_pid)
+        cpu_before = cpu_seconds(self.moto_pid)
+        started = time.perf_counter()
+        batch = self.client.submit_many([self.spec(c, f"tp-{c.name}/{i}.zip") for i in range(jobs)])
+        for handle in batch.accepted:
+            handle.wait(timeout=self.args.timeout)
+        seconds = time.perf_counter() - started
+        server_cpu = cpu_seconds(self.moto_pid) - cpu_before
+        corpora.delete(self.s3, OUT_BUCKET, f"tp-{c.name}/")
+        row = {
+            "corpus": c.name,
+            "jobs": jobs,
+            "seconds": seconds,
+            "jobs_per_s": jobs / seconds,
+            "input_mb_per_s": jobs * c.input_bytes / MB / seconds,
+            "server_cpu_seconds": server_cpu,
+        }
+        print(f"  throughput {c.name}: {jobs} jobs in {seconds:.2f} s", file=sys.stderr, flush=True)
+        return row
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.warm", description=__doc__.split("\n")[0])
+    p.add_argument("--corpus", default="tiny,twenty,medium", help="comma-separated (default: %(default)s)")
+    p.add_argument("--runs", type=int, default=20, help="runs per contender on tiny (default: %(default)s)")
+    p.add_argument("--big-runs", type=int, default=3, help="runs per contender on the other corpora")
+    p.add_argument("--concurrency", type=int, default=usable_cpus(), help="worker processes (default: CPUs)")
+    p.add_argument("--small-jobs", type=int, default=40, help="tiny jobs at once for throughput (0: skip)")
+    p.add_argument("--medium-jobs", type=int, default=4, help="medium jobs at once for throughput (0: skip)")
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--timeout", type=float, default=900)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    load = os.getloadavg()
+    record: dict[str, Any] = {"args": vars(args), "load_before": load, "cpus": os.cpu_count(), "by_size": {}}
+    print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}", file=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-warm-")))
+        url, moto = stack.enter_context(moto_process())
+        redis_url = stack.enter_context(redis_server(port=free_port()))  # our own: never the shared one
+        if redis_url is None:
+            print("redis-server is not installed", file=sys.stderr)
+            return 1
+        env = child_env(url, local=True)
+        env |= {"BUCKETZIP_REDIS_URL": redis_url, "BUCKETZIP_KEY_PREFIX": f"bench-{uuid.uuid4().hex[:6]}"}
+        log = stack.enter_context(open(tmp / "worker.log", "wb"))
+        worker = stack.enter_context(worker_process(env, "bench", log, concurrency=args.concurrency))
+        naive = stack.enter_context(naive_server(url, env))
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=url,
+            region_name=env["AWS_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
+        for bucket in (BUCKET, OUT_BUCKET):
+            s3.create_bucket(Bucket=bucket)
+        from bucketzip.client import Client
+
+        client = Client(Settings.from_env(env))
+        stack.callback(client.close)
+        names = args.corpus.split(",")
+        wanted = set(names) | {"tiny"} | ({"medium"} if args.medium_jobs else set())
+        built = {n: corpora.build(n, args.scale) for n in corpora.CORPORA if n in wanted}
+        for c in built.values():
+            corpora.upload(s3, BUCKET, c)
+        b = Bench(args, s3, client, naive, moto.pid, tmp)
+        # Warm up: every pool process and the naive process run a job before anything is measured.
+        tiny = built["tiny"]
+        warmups = client.submit_many([b.spec(tiny, f"warmup/{i}.zip") for i in range(2 * args.concurrency)])
+        for handle in warmups.accepted:
+            handle.wait(timeout=args.timeout)
+        naive.run(b.keys_file(tiny), f"s3://{OUT_BUCKET}/warmup/naive.zip")
+        corpora.delete(s3, OUT_BUCKET, "warmup/")
+        rss: list[dict[str, Any]] = []
+
+        def sample(phase: str) -> None:
+            rss.append({"phase": phase, **{str(p): memory(p) for p in pool_processes(worker.pid)}})
+
+        sample("warm")
+        for name in names:
+            c = built[name]
+            runs = args.runs if name == "tiny" else args.big_runs
+            record["by_size"][name] = b.by_size(c, runs)
+            sample(name)
+        record["throughput"] = []
+        if args.small_jobs:
+            record["throughput"].append(b.throughput(tiny, args.small_jobs))
+            sample(f"{args.small_jobs} tiny at once")
+        if args.medium_jobs:
+            record["throughput"].append(b.throughput(built["medium"], args.medium_jobs))
+            sample(f"{args.medium_jobs} medium at once")
+        record["rss"] = rss
+        record["load_after"] = os.getloadavg()
+    report(record)
+    out = Path(__file__).parent / "results" / f"warm-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nraw numbers: {out}", file=sys.stderr)
+    return 0
+
+
+def report(record: dict[str, Any]) -> None:
+    print(
+        f"\nwarm: a Celery worker (prefork, -c {record['args']['concurrency']}) vs the naive pipeline in a warm process"
+    )
+    print(f"{'corpus':8} {'objects':>7} {'MB':>7} {'naive s':>8} {'bucketzip s':>11} {'speed-up':>8}  runs")
+    for name, r in record["by_size"].items():
+        print(
+            f"{name:8} {r['objects']:7} {r['input_bytes'] / MB:7.1f} {r['naive_median']:8.3f} "
+            f"{r['bucketzip_median']:11.3f} {r['speedup']:7.2f}x  {len(r['bucketzip'])}"
+        )
+    for name, r in record["by_size"].items():
+        ms = 1000
+        print(
+            f"latency {name}: bucketzip p50 {r['bucketzip_p50'] * ms:.0f} ms, p99 {r['bucketzip_p99'] * ms:.0f} ms "
+            f"over {len(r['bucketzip'])} jobs (naive p50 {r['naive_p50'] * ms:.0f} ms)"
+        )
+    for t in record.get("throughput", []):
+        print(
+            f"throughput {t['corpus']}: {t['jobs']} jobs at once in {t['seconds']:.2f} s: {t['jobs_per_s']:.1f} "
+            f"jobs/s, {t['input_mb_per_s']:.1f} MB/s in; server CPU {t['server_cpu_seconds']:.2f} s"
+        )
+    peaks: dict[str, int] = {}
+    for sample in record.get("rss", []):
+        for pid, m in sample.items():
+            if pid != "phase":
+                peaks[pid] = max(peaks.get(pid, 0), m["VmHWM"])
+    print("peak RSS per pool process (MiB): " + ", ".join(f"{v / MiB:.0f}" for v in peaks.values()))
+    for sample in record.get("rss", []):
+        now = [f"{m['VmRSS'] / MiB:.0f}" for pid, m in sample.items() if pid != "phase"]
+        print(f"  RSS after {sample['phase']}: {', '.join(now)} MiB")
+    print(f"load average before {record['load_before'][0]:.1f}, after {record['load_after'][0]:.1f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
