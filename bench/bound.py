@@ -5,8 +5,8 @@ an archive's worth of bytes. No archiver can beat the slower of the two.
 
 Reads are whole-object GETs, READERS at a time, bodies streamed and dropped. The write is a multipart upload
 of bytes already in memory, PART_SIZE parts with WRITERS in flight (bucketzip's defaults), completed and then
-deleted. Prints a JSON summary on stdout. With ``--serve`` it stays up (one client, its connections warm) and
-answers one JSON request a line on stdin, for the warm benchmark.
+deleted; an archive that fits in one part is one PUT. Prints a JSON summary on stdout. With ``--serve`` it
+stays up (one client, its connections warm) and answers one JSON request a line on stdin, for bench.warm.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ def write(s3: Any, url: str, size: int) -> float:
     parts into one object then, after the last byte is sent: moto copies the whole archive)."""
     bucket, key = _split(url)
     part = os.urandom(PART_SIZE)
+    if size <= PART_SIZE:  # what fits in one part is one PUT (as bucketzip does): no upload to complete
+        s3.put_object(Bucket=bucket, Key=key, Body=part[:size])
+        return 0.0
     upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
 
     def put(number: int) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,8 +45,9 @@ MB = 1e6
 MiB = 2**20
 
 
-class NaiveServer:
-    """``python -m bench.naive --serve``: the naive pipeline in a warm process, one job per request."""
+class Server:
+    """A contender in a warm process (``python -m bench.naive --serve``, ``bench.bound --serve``): one JSON
+    request a line on its stdin, one JSON answer a line on its stdout."""
 
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.proc = proc
@@ -56,23 +58,23 @@ class NaiveServer:
         if not ready:
             raise RuntimeError("the naive server did not start")
 
-    def run(self, keys_file: Path, out: str) -> float:
+    def ask(self, request: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        """Send ``request``; return the round trip's seconds and the answer."""
         started = time.perf_counter()
-        self.stdin.write(json.dumps({"keys_file": str(keys_file), "out": out}) + "\n")
+        self.stdin.write(json.dumps(request) + "\n")
         self.stdin.flush()
         line = self.stdout.readline()
         if not line:
-            raise RuntimeError("the naive server died")
-        json.loads(line)
-        return time.perf_counter() - started
+            raise RuntimeError(f"{self.proc.args!r} died")
+        return time.perf_counter() - started, dict(json.loads(line))
 
 
 @contextlib.contextmanager
-def naive_server(endpoint: str, env: dict[str, str]) -> Iterator[NaiveServer]:
-    cmd = [sys.executable, "-m", "bench.naive", "--endpoint", endpoint, "--serve"]
+def serving(module: str, endpoint: str, env: dict[str, str]) -> Iterator[Server]:
+    cmd = [sys.executable, "-m", module, "--endpoint", endpoint, "--serve"]
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        yield NaiveServer(proc)
+        yield Server(proc)
     finally:
         if proc.stdin:
             proc.stdin.close()
@@ -108,8 +110,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, s3: Any, client: Any, naive: NaiveServer, moto_pid: int, tmp: Path):
-        self.args, self.s3, self.client, self.naive, self.moto_pid, self.tmp = args, s3, client, naive, moto_pid, tmp
+    def __init__(self, args: argparse.Namespace, s3: Any, client: Any, servers: dict[str, Server], moto_pid: int):
+        self.args, self.s3, self.client, self.servers, self.moto_pid = args, s3, client, servers, moto_pid
+        self.tmp = Path(tempfile.mkdtemp(prefix="bench-warm-"))
 
     def spec(self, c: corpora.Corpus, key: str) -> dict[str, Any]:
         return {
@@ -118,11 +121,12 @@ class Bench:
             "compression": "auto",
         }
 
-    def bucketzip(self, c: corpora.Corpus, key: str) -> float:
+    def bucketzip(self, c: corpora.Corpus, key: str) -> tuple[float, int]:
+        """Submit-to-succeeded seconds, and the archive's size."""
         started = time.perf_counter()
         handle = self.client.submit(self.spec(c, key))
-        handle.wait(timeout=self.args.timeout)
-        return time.perf_counter() - started
+        result = handle.wait(timeout=self.args.timeout)
+        return time.perf_counter() - started, int(result["size"])
 
     def keys_file(self, c: corpora.Corpus) -> Path:
         path = self.tmp / f"{c.name}-keys.txt"
@@ -131,32 +135,46 @@ class Bench:
 
     def by_size(self, c: corpora.Corpus, runs: int) -> dict[str, Any]:
         keys = self.keys_file(c)
-        times: dict[str, list[float]] = {"naive": [], "bucketzip": []}
+        contenders = ["naive", "bucketzip", "bound"]
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        bound_parts: dict[str, list[float]] = {"read": [], "write": []}
+        archive_bytes = c.input_bytes  # the bound writes as much as bucketzip's archive, once known
         for i in range(runs):
-            for contender in ("naive", "bucketzip") if i % 2 == 0 else ("bucketzip", "naive"):
+            for contender in contenders[i % 3 :] + contenders[: i % 3]:
                 settle(self.moto_pid)
                 key = f"{c.name}/{contender}-{i}.zip"
+                out = f"s3://{OUT_BUCKET}/{key}"
                 if contender == "naive":
-                    seconds = self.naive.run(keys, f"s3://{OUT_BUCKET}/{key}")
+                    seconds, _ = self.servers["naive"].ask({"keys_file": str(keys), "out": out})
+                elif contender == "bucketzip":
+                    seconds, archive_bytes = self.bucketzip(c, key)
                 else:
-                    seconds = self.bucketzip(c, key)
-                if i == 0:
+                    request = {"keys_file": str(keys), "write_to": out, "write_bytes": archive_bytes}
+                    _, r = self.servers["bound"].ask(request)
+                    seconds = r["duration"]
+                    bound_parts["read"].append(r["read_seconds"])
+                    bound_parts["write"].append(r["write_seconds"])
+                if i == 0 and contender != "bound":
                     verify(self.s3, OUT_BUCKET, key, len(c.objects), c.input_bytes)
                 times[contender].append(seconds)
                 corpora.delete(self.s3, OUT_BUCKET, f"{c.name}/")
                 print(f"  {c.name} run {i + 1}/{runs} {contender:9} {seconds:8.3f} s", file=sys.stderr, flush=True)
-        naive, bz = statistics.median(times["naive"]), statistics.median(times["bucketzip"])
+        med = {name: statistics.median(times[name]) for name in contenders}
+        read, write = statistics.median(bound_parts["read"]), statistics.median(bound_parts["write"])
         return {
             "objects": len(c.objects),
             "input_bytes": c.input_bytes,
-            "naive": times["naive"],
-            "bucketzip": times["bucketzip"],
-            "naive_median": naive,
-            "bucketzip_median": bz,
+            "archive_bytes": archive_bytes,
+            "runs": times,
+            "median": med,
+            "bound_read": read,
+            "bound_write": write,
             "bucketzip_p50": percentile(times["bucketzip"], 50),
             "bucketzip_p99": percentile(times["bucketzip"], 99),
             "naive_p50": percentile(times["naive"], 50),
-            "speedup": naive / bz,
+            "speedup": med["naive"] / med["bucketzip"],
+            "of_bound": med["bound"] / med["bucketzip"],
+            "of_floor": (read + write) / med["bucketzip"],
         }
 
     def throughput(self, c: corpora.Corpus, jobs: int) -> dict[str, Any]:
@@ -210,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         env |= {"BUCKETZIP_REDIS_URL": redis_url, "BUCKETZIP_KEY_PREFIX": f"bench-{uuid.uuid4().hex[:6]}"}
         log = stack.enter_context(open(tmp / "worker.log", "wb"))
         worker = stack.enter_context(worker_process(env, "bench", log, concurrency=args.concurrency))
-        naive = stack.enter_context(naive_server(url, env))
+        servers = {name: stack.enter_context(serving(f"bench.{name}", url, env)) for name in ("naive", "bound")}
         s3 = boto3.client(
             "s3",
             endpoint_url=url,
@@ -229,13 +247,16 @@ def main(argv: list[str] | None = None) -> int:
         built = {n: corpora.build(n, args.scale) for n in corpora.CORPORA if n in wanted}
         for c in built.values():
             corpora.upload(s3, BUCKET, c)
-        b = Bench(args, s3, client, naive, moto.pid, tmp)
+        b = Bench(args, s3, client, servers, moto.pid)
+        stack.callback(shutil.rmtree, b.tmp, True)
         # Warm up: every pool process and the naive process run a job before anything is measured.
         tiny = built["tiny"]
         warmups = client.submit_many([b.spec(tiny, f"warmup/{i}.zip") for i in range(2 * args.concurrency)])
         for handle in warmups.accepted:
             handle.wait(timeout=args.timeout)
-        naive.run(b.keys_file(tiny), f"s3://{OUT_BUCKET}/warmup/naive.zip")
+        servers["naive"].ask({"keys_file": str(b.keys_file(tiny)), "out": f"s3://{OUT_BUCKET}/warmup/naive.zip"})
+        warm_bound = {"keys_file": str(b.keys_file(tiny)), "write_to": f"s3://{OUT_BUCKET}/warmup/b", "write_bytes": 1}
+        servers["bound"].ask(warm_bound)
         corpora.delete(s3, OUT_BUCKET, "warmup/")
         rss: list[dict[str, Any]] = []
 
@@ -266,20 +287,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(record: dict[str, Any]) -> None:
+    c = record["args"]["concurrency"]
+    print(f"\nwarm: a Celery worker (prefork, -c {c}) vs the naive pipeline and the bound, each in a warm process")
     print(
-        f"\nwarm: a Celery worker (prefork, -c {record['args']['concurrency']}) vs the naive pipeline in a warm process"
+        f"{'corpus':8} {'objects':>7} {'MB in':>7} {'naive s':>8} {'bucketzip s':>11} {'bound s':>8} "
+        f"{'vs naive':>8} {'of bound':>8} {'of floor':>8}  runs"
     )
-    print(f"{'corpus':8} {'objects':>7} {'MB':>7} {'naive s':>8} {'bucketzip s':>11} {'speed-up':>8}  runs")
     for name, r in record["by_size"].items():
+        m = r["median"]
         print(
-            f"{name:8} {r['objects']:7} {r['input_bytes'] / MB:7.1f} {r['naive_median']:8.3f} "
-            f"{r['bucketzip_median']:11.3f} {r['speedup']:7.2f}x  {len(r['bucketzip'])}"
+            f"{name:8} {r['objects']:7} {r['input_bytes'] / MB:7.1f} {m['naive']:8.3f} {m['bucketzip']:11.3f} "
+            f"{m['bound']:8.3f} {r['speedup']:7.2f}x {r['of_bound']:8.0%} {r['of_floor']:8.0%}  "
+            f"{len(r['runs']['bucketzip'])}"
         )
     for name, r in record["by_size"].items():
         ms = 1000
         print(
             f"latency {name}: bucketzip p50 {r['bucketzip_p50'] * ms:.0f} ms, p99 {r['bucketzip_p99'] * ms:.0f} ms "
-            f"over {len(r['bucketzip'])} jobs (naive p50 {r['naive_p50'] * ms:.0f} ms)"
+            f"over {len(r['runs']['bucketzip'])} jobs (naive p50 {r['naive_p50'] * ms:.0f} ms; bound: read "
+            f"{r['bound_read'] * ms:.0f} ms + write {r['bound_write'] * ms:.0f} ms)"
         )
     for t in record.get("throughput", []):
         print(
