@@ -373,6 +373,24 @@ def tune_allocator(arena_max: int) -> bool:
         return False
 
 
+_libc: Any = None
+
+
+def release_memory() -> bool:
+    """Give the heap's free pages back to the OS (glibc's ``malloc_trim``), so that a worker process's RSS
+    after a job is what it holds, not the high-water mark of its largest job so far. A no-op (False) where
+    the C library is not glibc."""
+    global _libc
+    try:
+        if _libc is None:
+            import ctypes
+
+            _libc = ctypes.CDLL(None)
+        return bool(_libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def _loop() -> asyncio.AbstractEventLoop:
     """fsspec's IO loop: one per process, in its own thread, shared with s3fs."""
     import fsspec.asyn

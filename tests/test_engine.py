@@ -634,3 +634,32 @@ def test_a_run_finds_its_jobs_archive_already_published(
     assert result.entries == 20
     assert s3.head_object(Bucket=dest, Key="out.zip")["Metadata"]["bucketzip-job"] == "j2"
     assert open_uploads(s3, dest) == []
+
+
+RELEASE = """
+import sys
+from bucketzip.engine import release_memory
+
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+
+blocks = [bytes(4096) for _ in range(40_000)]  # ~160 MiB from malloc's heap (below its mmap threshold)
+kept = blocks[::50]  # pinned here and there, so the freed pages are inside the heap, not only at its top
+del blocks
+before = rss()
+released = release_memory()
+print(released, before, rss())
+"""
+
+
+def test_release_memory_gives_freed_heap_pages_back() -> None:
+    """What a worker process does after each job (tasks' task_postrun): its RSS falls back to what it holds."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", RELEASE], capture_output=True, text=True, check=True).stdout.split()
+    released, before, after = out[0] == "True", int(out[1]), int(out[2])
+    if not released:
+        pytest.skip("not glibc: no malloc_trim")
+    assert before - after > 100 * MiB, f"RSS {before / MiB:.0f} -> {after / MiB:.0f} MiB"
