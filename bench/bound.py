@@ -5,7 +5,8 @@ an archive's worth of bytes. No archiver can beat the slower of the two.
 
 Reads are whole-object GETs, READERS at a time, bodies streamed and dropped. The write is a multipart upload
 of bytes already in memory, PART_SIZE parts with WRITERS in flight (bucketzip's defaults), completed and then
-deleted. Prints a JSON summary on stdout.
+deleted; an archive that fits in one part is one PUT. Prints a JSON summary on stdout. With ``--serve`` it
+stays up (one client, its connections warm) and answers one JSON request a line on stdin, for bench.warm.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def write(s3: Any, url: str, size: int) -> float:
     parts into one object then, after the last byte is sent: moto copies the whole archive)."""
     bucket, key = _split(url)
     part = os.urandom(PART_SIZE)
+    if size <= PART_SIZE:  # what fits in one part is one PUT (as bucketzip does): no upload to complete
+        s3.put_object(Bucket=bucket, Key=key, Body=part[:size])
+        return 0.0
     upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
 
     def put(number: int) -> dict[str, Any]:
@@ -66,35 +70,53 @@ def write(s3: Any, url: str, size: int) -> float:
         raise
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bound")
-    parser.add_argument("--endpoint", help="S3 endpoint URL")
-    parser.add_argument("--keys-file", required=True, help="file of s3://bucket/key lines to read")
-    parser.add_argument("--write-to", required=True, help="s3://bucket/key to write, then delete")
-    parser.add_argument("--write-bytes", type=int, required=True, help="how many bytes to write")
-    args = parser.parse_args(argv)
-    with open(args.keys_file) as f:
-        urls = [line.strip() for line in f if line.strip()]
-
-    config = Config(max_pool_connections=READERS + WRITERS, retries={"mode": "standard"})
-    s3 = boto3.client("s3", endpoint_url=args.endpoint, config=config)
+def measure(s3: Any, urls: list[str], write_to: str, write_bytes: int) -> dict[str, Any]:
     started = time.perf_counter()
     read_bytes = read_all(s3, urls)
     read_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    complete_seconds = write(s3, args.write_to, args.write_bytes)
+    complete_seconds = write(s3, write_to, write_bytes)
     write_seconds = time.perf_counter() - started
-    s3.delete_object(Bucket=_split(args.write_to)[0], Key=_split(args.write_to)[1])
-    result = {
+    s3.delete_object(Bucket=_split(write_to)[0], Key=_split(write_to)[1])
+    return {
         "objects": len(urls),
         "read_bytes": read_bytes,
         "read_seconds": read_seconds,
-        "write_bytes": args.write_bytes,
+        "write_bytes": write_bytes,
         "write_seconds": write_seconds,
         "complete_seconds": complete_seconds,
         "duration": max(read_seconds, write_seconds),
     }
-    print(json.dumps(result))
+
+
+def read_keys(path: str) -> list[str]:
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bound")
+    parser.add_argument("--endpoint", help="S3 endpoint URL")
+    parser.add_argument("--keys-file", help="file of s3://bucket/key lines to read")
+    parser.add_argument("--write-to", help="s3://bucket/key to write, then delete")
+    parser.add_argument("--write-bytes", type=int, help="how many bytes to write")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help='warm: one client for many requests, JSON lines on stdin ({"keys_file", "write_to", "write_bytes"})',
+    )
+    args = parser.parse_args(argv)
+    config = Config(max_pool_connections=READERS + WRITERS, retries={"mode": "standard"})
+    s3 = boto3.client("s3", endpoint_url=args.endpoint, config=config)
+    if args.serve:
+        print(json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            r = json.loads(line)
+            print(json.dumps(measure(s3, read_keys(r["keys_file"]), r["write_to"], r["write_bytes"])), flush=True)
+        return 0
+    if not (args.keys_file and args.write_to and args.write_bytes is not None):
+        parser.error("--keys-file, --write-to and --write-bytes are required")
+    print(json.dumps(measure(s3, read_keys(args.keys_file), args.write_to, args.write_bytes)))
     return 0
 
 

@@ -24,8 +24,16 @@ CHUNK = 8 * MiB  # generation granularity: bounds the harness's memory per objec
 PUT_LIMIT = 64 * MiB  # larger objects go up as streamed multipart uploads
 TEXT_BASE = 4 * MiB
 
-CORPORA = ("mixed", "small", "large", "large4g", "small100")
+CORPORA = ("tiny", "twenty", "medium", "mixed", "small", "large", "large4g", "small100")
 DEFAULT = ("mixed", "small")
+# Sizes users send most (a web app's "download these 20 photos", a folder of a few hundred MB): name ->
+# (objects, total bytes, largest object). Half text, half random, like mixed.
+SPREAD = {
+    "tiny": (20, 5 * 10**6, 1 * 10**6),
+    "twenty": (20, 20 * 10**6, 3 * 10**6),
+    "medium": (100, 200 * 10**6, 30 * 10**6),
+    "mixed": (200, 500 * 10**6, 60 * 10**6),
+}
 
 
 @dataclass(frozen=True)
@@ -51,13 +59,15 @@ def build(name: str, scale: float = 1.0) -> Corpus:
     """The corpus called ``name``; ``scale`` shrinks its bytes (or, for the small-object ones, its count)."""
     rng = random.Random(name)
     kinds: tuple[str, ...] = ("random", "text")
-    if name == "mixed":
-        sizes = _spread(200, KiB, int(60 * 10**6 * scale), int(500 * 10**6 * scale))
+    if name in SPREAD:
+        count, total, largest = SPREAD[name]
+        lo = KiB if count >= 100 else 64 * KiB  # the small ones: photos and documents, not 1 KiB notes
+        sizes = _spread(count, lo, int(largest * scale), int(total * scale))
         # Alternate kinds over the sorted sizes so both span the whole range, then shuffle key order.
         pairs = [(s, kinds[i % 2]) for i, s in enumerate(sorted(sizes))]
         rng.shuffle(pairs)
-        objs = [Obj(f"mixed/{i:03d}.{_ext(k)}", s, k) for i, (s, k) in enumerate(pairs)]
-        return Corpus(name, "mixed/", tuple(objs))
+        objs = [Obj(f"{name}/{i:03d}.{_ext(k)}", s, k) for i, (s, k) in enumerate(pairs)]
+        return Corpus(name, name + "/", tuple(objs))
     if name == "small":
         count = max(10, int(20_000 * scale))
         objs = [

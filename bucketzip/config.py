@@ -88,6 +88,9 @@ class Settings:
     max_entries: int = field(default=100_000, metadata={"parse": int})
     max_input_bytes: int = field(default=1 * TiB, metadata={"parse": _size})
     max_sources: int = field(default=1_000, metadata={"parse": int})
+    # Keys a job's listings may go through, matched or not (a glob over a huge prefix matches few of them):
+    # listing 1,000,000 keys is ~1,000 requests, a minute or two against S3.
+    max_keys_listed: int = field(default=1_000_000, metadata={"parse": int})
     allowed_buckets: frozenset[str] = field(default=frozenset(), metadata={"parse": _csv})  # empty: any
     allowed_destination_buckets: frozenset[str] = field(default=frozenset(), metadata={"parse": _csv})
     # Specs may come from untrusted web requests: only s3:// (and glacier:// vaults as destinations) unless an
@@ -176,7 +179,14 @@ class Settings:
             )
         if not 0 <= self.compression_level <= 9:
             raise ConfigError("BUCKETZIP_COMPRESSION_LEVEL", str(self.compression_level), "must be 0-9")
-        for name in ("read_concurrency", "upload_concurrency", "deflate_threads", "max_entries", "max_sources"):
+        for name in (
+            "read_concurrency",
+            "upload_concurrency",
+            "deflate_threads",
+            "max_entries",
+            "max_sources",
+            "max_keys_listed",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(PREFIX + name.upper(), str(getattr(self, name)), "must be at least 1")
         if not 1 <= self.presign_expires_temporary <= self.max_presign_expires:

@@ -181,6 +181,7 @@ async def build_archive(
         if_none_match=publication is not None and prior is None,
         if_match=prior.etag if publication is not None and prior is not None else None,
         description=spec.description or default_description(spec),
+        size_hint=sel.input_bytes,
     )
     tracker = _Tracker(sel, settings.progress_interval, on_progress)
     level = settings.compression_level if spec.compression_level is None else spec.compression_level
@@ -368,6 +369,24 @@ def tune_allocator(arena_max: int) -> bool:
         import ctypes
 
         return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, arena_max))
+    except (OSError, AttributeError):
+        return False
+
+
+_libc: Any = None
+
+
+def release_memory() -> bool:
+    """Give the heap's free pages back to the OS (glibc's ``malloc_trim``), so that a worker process's RSS
+    after a job is what it holds, not the high-water mark of its largest job so far. A no-op (False) where
+    the C library is not glibc."""
+    global _libc
+    try:
+        if _libc is None:
+            import ctypes
+
+            _libc = ctypes.CDLL(None)
+        return bool(_libc.malloc_trim(0))
     except (OSError, AttributeError):
         return False
 

@@ -2,12 +2,13 @@
 
 Prefixes and globs are expanded by listing (the listing's sizes, times and ETags are kept, so no object needs a
 HEAD); plain objects get one HEAD each, concurrently. Names are derived, sanitised and de-duplicated here, and
-the job's limits are enforced here, before the first byte of the archive is written.
+the job's limits are enforced here, as objects are listed, before the first byte of the archive is written.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from .spec import GLOB_CHARS, JobSpec, Location, Source, sanitise_name
 from .stores import ObjectInfo, Store
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One file of the archive: its name and the object it comes from."""
 
@@ -77,14 +78,58 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z", re.DOTALL)
 
 
+class _Budget:
+    """The job's limits, counted across every source as objects are listed: a listing stops as soon as the job
+    is over one, so memory holds at most ``max_entries`` matched objects however many sources or keys there are.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.listed = 0  # keys seen in listings, matched or not
+        self.matched = 0  # objects that will be entries (before names are de-duplicated)
+        self.bytes = 0
+
+    def saw(self, n: int = 1) -> None:
+        self.listed += n
+        if self.listed > self.settings.max_keys_listed:
+            raise LimitExceeded(
+                "sources",
+                self.listed,
+                f"listing went past {self.settings.max_keys_listed} keys (BUCKETZIP_MAX_KEYS_LISTED); "
+                "name a narrower prefix or glob",
+            )
+
+    def take(self, where: str, source: Source, mine: int, obj: ObjectInfo) -> None:
+        """Count one matched object; ``mine`` is how many its own source has matched, this one included."""
+        limit = self.settings.max_entries
+        self.matched += 1
+        self.bytes += obj.size
+        if mine > limit:
+            raise LimitExceeded(where, mine, f"{source.url} matches more than {limit} entries")
+        if self.matched > limit:
+            raise LimitExceeded("sources", self.matched, f"more than {limit} entries")
+        if self.bytes > self.settings.max_input_bytes:
+            raise LimitExceeded(
+                "sources", self.bytes, f"more than {self.settings.max_input_bytes} bytes of input (max_input_bytes)"
+            )
+
+
 async def select(spec: JobSpec, settings: Settings, stores: Callable[[str], Store]) -> Selection:
-    """Expand ``spec.sources`` into entries, applying naming, on_duplicate and the limits."""
-    found = await asyncio.gather(
-        *(_expand(f"sources[{i}]", s, stores(s.location.protocol), settings) for i, s in enumerate(spec.sources))
-    )
+    """Expand ``spec.sources`` into entries, applying naming, on_duplicate and the limits.
+
+    Sources are listed concurrently; the limits apply as objects are listed, and the first source that fails
+    (a limit, a denied bucket) cancels the listings still going on.
+    """
+    budget = _Budget(settings)
+    found: list[list[ObjectInfo]] = [[] for _ in spec.sources]
+    try:
+        async with asyncio.TaskGroup() as group:
+            for i, s in enumerate(spec.sources):
+                group.create_task(_expand(f"sources[{i}]", s, stores(s.location.protocol), budget, found[i]))
+    except BaseExceptionGroup as group_error:
+        raise _first(group_error) from None
     sel = Selection()
     seen: dict[str, int] = {}  # casefolded name -> next duplicate number
-    total = 0
     for index, (source, objects) in enumerate(zip(spec.sources, found, strict=True)):
         if not objects:
             sel.missing.append(source.url)
@@ -108,23 +153,30 @@ async def select(spec: JobSpec, settings: Settings, stores: Callable[[str], Stor
                 name, key = new, new.casefold()
             seen[key] = 1
             sel.entries.append(Entry(name, obj))
-            total += obj.size
-            if len(sel.entries) > settings.max_entries:
-                raise LimitExceeded("sources", len(sel.entries), f"more than {settings.max_entries} entries")
-            if total > settings.max_input_bytes:
-                raise LimitExceeded(
-                    "sources", total, f"more than {settings.max_input_bytes} bytes of input (max_input_bytes)"
-                )
+        objects.clear()  # the entries hold what is still needed
     if spec.destination.protocol == "s3" and sel.size_bound() > MAX_OBJECT_SIZE:
         raise LimitExceeded("sources", sel.input_bytes, "the archive could exceed S3's 5 TiB object limit")
     return sel
 
 
-async def _expand(where: str, source: Source, store: Store, settings: Settings) -> list[ObjectInfo]:
+def _first(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The error to raise for a failed TaskGroup: the first that is not a cancellation, unwrapped."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group.exceptions[0]
+
+
+async def _expand(where: str, source: Source, store: Store, budget: _Budget, out: list[ObjectInfo]) -> None:
     loc = source.location
     if source.kind == "object":
         info = await store.head(loc)
-        return [info] if info is not None else []
+        if info is not None:
+            budget.take(where, source, 1, info)
+            out.append(info)
+        return
     if source.kind == "prefix":
         listing = Location(loc.protocol, loc.bucket, loc.key)
         match: Callable[[str], Any] = lambda key: True  # noqa: E731
@@ -132,16 +184,15 @@ async def _expand(where: str, source: Source, store: Store, settings: Settings) 
         first = GLOB_CHARS.search(loc.key)
         listing = Location(loc.protocol, loc.bucket, loc.key[: first.start() if first else None])
         match = glob_regex(loc.key).match
-    out: list[ObjectInfo] = []
-    async for obj in store.list(listing):
-        key = obj.location.key if obj.location.protocol == "s3" else obj.location.path
-        if key.endswith("/") and obj.size == 0:
-            continue  # a "folder marker", not a file
-        if match(key):
-            out.append(obj)
-            if len(out) > settings.max_entries:
-                raise LimitExceeded(where, len(out), f"{source.url} matches more than {settings.max_entries} entries")
-    return out
+    async with contextlib.aclosing(store.list(listing)) as objects:  # type: ignore[type-var]
+        async for obj in objects:
+            budget.saw()
+            key = obj.location.key if obj.location.protocol == "s3" else obj.location.path
+            if key.endswith("/") and obj.size == 0:
+                continue  # a "folder marker", not a file
+            if match(key):
+                budget.take(where, source, len(out) + 1, obj)
+                out.append(obj)
 
 
 def _name(source: Source, obj: ObjectInfo) -> tuple[str, str]:

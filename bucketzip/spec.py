@@ -54,7 +54,7 @@ _PRINTABLE = re.compile(r"[\x20-\x7e]+")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Location:
     """A parsed URL: ``protocol://bucket/key`` (for non-bucket protocols the bucket is empty)."""
 

@@ -251,6 +251,17 @@ def _on_process_init(**_: Any) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: _shutdown.set())
 
 
+@signals.task_postrun.connect
+def _on_task_done(sender: Any = None, **_: Any) -> None:
+    # After a job, once its result is stored (the producer does not wait for this): give the heap's free
+    # pages back to the OS, so that a pool process's RSS between jobs stays flat instead of keeping the
+    # high-water mark of the largest job it ever ran.
+    if getattr(sender, "name", None) == TASK_NAME:
+        from .engine import release_memory
+
+        release_memory()
+
+
 def _current_settings() -> Settings | None:
     from celery import current_app
 

@@ -120,6 +120,7 @@ def test_unparseable_value_names_variable_and_value(variable: str, value: str) -
         ("BUCKETZIP_UPLOAD_CONCURRENCY", "0"),
         ("BUCKETZIP_DEFLATE_THREADS", "0"),
         ("BUCKETZIP_MAX_ENTRIES", "0"),
+        ("BUCKETZIP_MAX_KEYS_LISTED", "0"),
         ("BUCKETZIP_LOCK_TTL", "0"),
         ("BUCKETZIP_CHUNK_SIZE", "1000"),
         ("BUCKETZIP_READ_BUFFER", "65536"),  # smaller than the default 512 KiB chunk

@@ -490,7 +490,8 @@ def test_exception_mid_stream_aborts(twenty: tuple[str, str, dict[str, bytes]], 
         pass
 
     def on_progress(p: Progress) -> None:
-        if upload_open(s3, dest, state):
+        # Mid-stream: past the first part (the upload itself is open from the start: see the sink's size_hint).
+        if p.bytes_done > 5 * MiB and upload_open(s3, dest, state):
             state["raised_at"] = p.bytes_done
             raise Boom("injected")
 
@@ -498,6 +499,22 @@ def test_exception_mid_stream_aborts(twenty: tuple[str, str, dict[str, bytes]], 
         run_job(job(src, dest), settings.replace(**SLOW), on_progress)
     assert 5 * MiB <= state["raised_at"] < 20 * MiB
     nothing_written(s3, dest)
+
+
+def test_the_upload_is_created_while_the_first_objects_are_read(
+    twenty: tuple[str, str, dict[str, bytes]], s3: Any, settings: Settings
+) -> None:
+    """An input of several parts: CreateMultipartUpload goes out with the first reads, not after part 1."""
+    src, dest, objects = twenty
+    early: list[int] = []
+
+    def on_progress(p: Progress) -> None:
+        if p.bytes_done < 5 * MiB and not early and open_uploads(s3, dest):
+            early.append(p.bytes_done)
+
+    run_job(job(src, dest), settings.replace(**SLOW), on_progress)
+    assert early, "no upload was open before the first part was full"
+    fetch_archive(s3, dest, "out.zip", {k.removeprefix("src/"): v for k, v in objects.items()})
 
 
 def test_keyboard_interrupt_in_the_job_aborts(
@@ -617,3 +634,32 @@ def test_a_run_finds_its_jobs_archive_already_published(
     assert result.entries == 20
     assert s3.head_object(Bucket=dest, Key="out.zip")["Metadata"]["bucketzip-job"] == "j2"
     assert open_uploads(s3, dest) == []
+
+
+RELEASE = """
+import sys
+from bucketzip.engine import release_memory
+
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+
+blocks = [bytes(4096) for _ in range(40_000)]  # ~160 MiB from malloc's heap (below its mmap threshold)
+kept = blocks[::50]  # pinned here and there, so the freed pages are inside the heap, not only at its top
+del blocks
+before = rss()
+released = release_memory()
+print(released, before, rss())
+"""
+
+
+def test_release_memory_gives_freed_heap_pages_back() -> None:
+    """What a worker process does after each job (tasks' task_postrun): its RSS falls back to what it holds."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", RELEASE], capture_output=True, text=True, check=True).stdout.split()
+    released, before, after = out[0] == "True", int(out[1]), int(out[2])
+    if not released:
+        pytest.skip("not glibc: no malloc_trim")
+    assert before - after > 100 * MiB, f"RSS {before / MiB:.0f} -> {after / MiB:.0f} MiB"

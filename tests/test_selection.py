@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -12,10 +14,10 @@ import pytest
 
 from bucketzip.config import Settings
 from bucketzip.engine import run_sync
-from bucketzip.errors import InvalidJob, LimitExceeded
+from bucketzip.errors import AccessDenied, InvalidJob, LimitExceeded
 from bucketzip.selection import Selection, glob_regex, select
-from bucketzip.spec import JobSpec, check_entry_name
-from bucketzip.stores import store_for
+from bucketzip.spec import JobSpec, Location, check_entry_name
+from bucketzip.stores import ObjectInfo, store_for
 
 Put = Callable[[str, dict[str, bytes]], None]
 
@@ -308,3 +310,93 @@ def test_local_files_when_allowed(tmp_path: Path) -> None:
     sel = run_sync(select(spec, local, lambda protocol: store_for(protocol, local)))
     assert names(sel) == ["a.txt", "sub/b.bin", "sub/c.log", "logs/c.log"]
     assert all(e.obj.size == 100 for e in sel.entries)
+
+
+# --- listings stream: limits apply as objects are listed, and a failing source stops the others ---
+
+
+class FakeListing:
+    """A store whose listings are generated (as many keys as asked, or endless), counting what they yield, so
+    that a test can see how far selection let each listing run. Reads and writes are not needed here."""
+
+    def __init__(self, keys: dict[str, int | None], fail: dict[str, BaseException] | None = None) -> None:
+        self.keys = keys  # prefix -> how many keys its listing holds (None: endless)
+        self.fail = fail or {}
+        self.yielded = 0
+        self.cancelled: list[str] = []
+        self.release = asyncio.Event()
+
+    async def head(self, loc: Location) -> ObjectInfo | None:
+        return None
+
+    async def list(self, loc: Location) -> AsyncIterator[ObjectInfo]:
+        if loc.key in self.fail:
+            await asyncio.sleep(0.01)  # the others are under way by then
+            raise self.fail[loc.key]
+        count = self.keys[loc.key]
+        i = 0
+        try:
+            while count is None or i < count:
+                if count is None and loc.key == "blocked/":
+                    await self.release.wait()  # a listing that takes "forever"
+                await asyncio.sleep(0)  # a page boundary: let the other listings run
+                self.yielded += 1
+                yield ObjectInfo(Location("s3", loc.bucket, f"{loc.key}{i:07d}.txt"), 10, NOW)
+                i += 1
+        except asyncio.CancelledError:
+            self.cancelled.append(loc.key)
+            raise
+
+
+NOW = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+
+
+def fake_select(store: FakeListing, sources: list[str], settings: Settings) -> Selection:
+    spec = JobSpec.from_dict({"sources": sources, "destination": "s3://dest/out.zip"}, settings)
+    return run_sync(asyncio.wait_for(select(spec, settings, lambda protocol: store), 30))
+
+
+def test_entry_limit_applies_across_sources_as_they_are_listed() -> None:
+    """Two endless listings, ten entries allowed: the job fails on the eleventh object listed in all, not after
+    each source has gathered its own ten (1,000 sources x MAX_ENTRIES each, before)."""
+    store = FakeListing({"a/": None, "b/": None})
+    with pytest.raises(LimitExceeded) as info:
+        fake_select(store, ["s3://src/a/", "s3://src/b/"], Settings(max_entries=10))
+    assert (info.value.field, info.value.value) == ("sources", 11)
+    assert store.yielded <= 12  # the one that crossed the limit, and at most one more in flight
+
+
+def test_input_bytes_limit_applies_as_objects_are_listed() -> None:
+    store = FakeListing({"a/": None, "b/": None})
+    with pytest.raises(LimitExceeded) as info:
+        fake_select(store, ["s3://src/a/", "s3://src/b/"], Settings(max_input_bytes=95))
+    assert (info.value.field, info.value.value) == ("sources", 100)
+    assert store.yielded <= 11
+
+
+def test_keys_listed_are_capped_even_when_none_match() -> None:
+    store = FakeListing({"p/": 5_000})
+    with pytest.raises(LimitExceeded) as info:
+        fake_select(store, ["s3://src/p/*.jpg"], Settings(max_keys_listed=1_000))
+    assert (info.value.field, info.value.value) == ("sources", 1_001)
+    assert "BUCKETZIP_MAX_KEYS_LISTED" in str(info.value)
+    assert store.yielded == 1_001
+    # Under the cap, the same listing runs to its end and matches nothing.
+    sel = fake_select(FakeListing({"p/": 5_000}), ["s3://src/p/*.jpg"], Settings(max_keys_listed=5_000))
+    assert sel.entries == [] and sel.missing == ["s3://src/p/*.jpg"]
+
+
+def test_keys_listed_cap_against_s3(make_bucket: Callable[[], str], put: Put, settings: Settings) -> None:
+    b = make_bucket()
+    put(b, {f"p/{i:02d}.{'jpg' if i == 11 else 'txt'}": b"x" for i in range(12)})
+    assert names(selection([f"s3://{b}/p/*.jpg"], settings.replace(max_keys_listed=12))) == ["11.jpg"]
+    with pytest.raises(LimitExceeded, match="BUCKETZIP_MAX_KEYS_LISTED"):
+        selection([f"s3://{b}/p/*.jpg"], settings.replace(max_keys_listed=11))
+
+
+def test_a_failing_source_cancels_the_other_listings() -> None:
+    store = FakeListing({"blocked/": None}, fail={"denied/": AccessDenied("s3://src/denied/", "read")})
+    with pytest.raises(AccessDenied):
+        fake_select(store, ["s3://src/blocked/", "s3://src/denied/"], Settings())
+    # By the time select has raised, the listing still going on has been cancelled, not left running.
+    assert store.cancelled == ["blocked/"]

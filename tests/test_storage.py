@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -297,6 +298,50 @@ def test_abort_leaves_nothing(make_bucket: Callable[[], str], s3: Any, settings:
     # Abort before any part: nothing was ever created.
     write_through_sink(settings, Location("s3", b, "y.zip"), [b"small"], SinkOptions(), commit=False)
     assert keys(s3, b) == [] and open_uploads(s3, b) == []
+
+
+def test_a_sink_told_of_a_big_archive_creates_its_upload_before_the_first_part(
+    make_bucket: Callable[[], str], s3: Any, settings: Settings
+) -> None:
+    """CreateMultipartUpload overlaps the first reads: it is sent as the sink opens, not when part 1 is full."""
+    b = make_bucket()
+    data = os.urandom(6 * MiB)
+    seen: dict[str, Any] = {}
+
+    async def go(hint: int, pieces: list[bytes]) -> Published:
+        options = SinkOptions(part_size=5 * MiB, size_hint=hint, on_upload=lambda u: seen.setdefault("id", u))
+        sink = await store_for("s3", settings).open_sink(Location("s3", b, "big.zip"), options)
+        deadline = time.monotonic() + 10
+        while not (uploads := await asyncio.to_thread(open_uploads, s3, b)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # nothing written yet: the create is on its way on the sink's pool
+        seen["before_writes"] = uploads
+        for piece in pieces:
+            await sink.write(piece)
+        return await sink.commit()
+
+    published = run_sync(go(10 * MiB, [data[: 3 * MiB], data[3 * MiB :]]))
+    assert [u["UploadId"] for u in seen["before_writes"]] == [seen["id"]]
+    assert (published.size, published.parts) == (len(data), 2)
+    assert s3.get_object(Bucket=b, Key="big.zip")["Body"].read() == data
+    assert open_uploads(s3, b) == []
+    # The hint was too big (a well-compressed input): one small part still makes the whole archive.
+    seen.clear()
+    published = run_sync(go(10 * MiB, [b"tiny"]))
+    assert published.parts == 1 and s3.get_object(Bucket=b, Key="big.zip")["Body"].read() == b"tiny"
+    assert open_uploads(s3, b) == []
+
+
+def test_an_early_upload_is_aborted_with_the_sink(make_bucket: Callable[[], str], s3: Any, settings: Settings) -> None:
+    b = make_bucket()
+    uploads: list[str] = []
+    options = SinkOptions(part_size=5 * MiB, size_hint=100 * MiB, on_upload=uploads.append)
+    write_through_sink(settings, Location("s3", b, "x.zip"), [], options, commit=False)  # aborted at once
+    assert len(uploads) == 1, "the upload was created before anything was written"
+    assert keys(s3, b) == [] and open_uploads(s3, b) == []
+    # A hint below two parts leaves the archive to a single PUT, as without one.
+    options = SinkOptions(part_size=5 * MiB, size_hint=9 * MiB, on_upload=uploads.append)
+    write_through_sink(settings, Location("s3", b, "y.zip"), [b"abc"], options)
+    assert len(uploads) == 1 and keys(s3, b) == ["y.zip"]
 
 
 def test_closed_sink_refuses_writes(make_bucket: Callable[[], str], settings: Settings) -> None:

@@ -360,3 +360,15 @@ def test_a_redelivered_job_records_the_archive_its_dead_run_published(
     fetch_archive(s3, out, "out.zip", {"a.txt": b"alpha"})
     for v in versions:
         s3.delete_object(Bucket=out, Key=v["Key"], VersionId=v["VersionId"])
+
+
+def test_a_pool_process_releases_memory_after_each_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bucketzip.engine
+    from bucketzip.tasks import _on_task_done, zip_job
+
+    calls: list[int] = []
+    monkeypatch.setattr(bucketzip.engine, "release_memory", lambda: calls.append(1) or True)
+    _on_task_done(sender=zip_job)
+    assert calls == [1]
+    _on_task_done(sender=None)  # another task, or none: nothing to do
+    assert calls == [1]

@@ -30,7 +30,7 @@ from ..errors import (
 from ..spec import Location
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObjectInfo:
     """One source object as listed: enough to name, size and read it consistently."""
 
@@ -72,6 +72,9 @@ class SinkOptions:
     # Publish only if the destination is still as the run found it: absent (if_none_match), or this ETag.
     if_none_match: bool = False
     if_match: str | None = None
+    # About how many bytes will be written, when known (the input's size): a sink that will clearly need a
+    # multipart upload starts it at once, while the first objects are still being read.
+    size_hint: int | None = None
 
 
 JOB_TAG, RUN_TAG = "bucketzip-job", "bucketzip-run"  # the metadata keys of SinkOptions.tag

@@ -55,8 +55,12 @@ class S3Sink:
     """Parts are cut at exactly ``part_size`` (so every non-final part is the same size, as R2 requires) and
     uploaded ``concurrency`` at a time while the next one fills; ``write`` waits while that many are in flight,
     which bounds memory at about ``(concurrency + 2) * part_size``. An archive smaller than one part is sent
-    with a single PUT, and no multipart upload is ever created for it.
+    with a single PUT, and no multipart upload is ever created for it. When ``options.size_hint`` says the
+    archive will span several parts, CreateMultipartUpload is sent as the sink opens, so that its round trip
+    overlaps the first reads instead of holding back the first part.
     """
+
+    EARLY_CREATE_PARTS = 2  # a hint this many parts or more: the input may compress, but not below one part
 
     def __init__(self, client: Any, pool: ThreadPoolExecutor, dest: Location, options: SinkOptions) -> None:
         self.client, self.pool, self.dest, self.options = client, pool, dest, options
@@ -69,6 +73,10 @@ class S3Sink:
         self._slots = asyncio.Semaphore(options.concurrency)
         self._failure: BaseException | None = None
         self._closed = False
+        self._created: asyncio.Task[None] | None = None  # the CreateMultipartUpload, once sent
+        hint = options.size_hint
+        if hint is not None and hint >= self.EARLY_CREATE_PARTS * options.part_size:
+            self.start()
 
     def _object_args(self) -> dict[str, Any]:
         o = self.options
@@ -102,9 +110,21 @@ class S3Sink:
             del self._buffer[:size]
             await self._submit(part)
 
+    def start(self) -> None:
+        """Send CreateMultipartUpload now, without waiting for its answer (idempotent)."""
+        if self._created is None:
+            self._created = asyncio.ensure_future(self._create())
+
+    async def _upload_created(self) -> None:
+        """Wait for the multipart upload (sending its create if not yet sent). Shielded: a cancelled job must
+        not lose track of an upload whose create is already on the wire; its abort waits for it."""
+        self.start()
+        assert self._created is not None
+        await asyncio.shield(self._created)
+
     async def _submit(self, part: bytes) -> None:
         if self.upload_id is None:
-            await self._create()
+            await self._upload_created()
         await self._slots.acquire()
         if self._failure is not None:
             self._slots.release()
@@ -219,9 +239,10 @@ class S3Sink:
 
     async def commit(self) -> Published:
         self._check()
-        if self.upload_id is None:
+        if self.upload_id is None and self._created is None:
             publish = functools.partial(self.client.put_object, Body=bytes(self._buffer), **self._object_args())
         else:
+            await self._upload_created()
             if self._buffer:  # the final part may be smaller than the others
                 await self._submit(bytes(self._buffer))
             self._buffer = bytearray()
@@ -292,6 +313,9 @@ class S3Sink:
             future.cancel()  # those not started yet never will
         with contextlib.suppress(Exception):
             await self._drain()  # a failed part changes nothing: the whole upload is being aborted
+        if self._created is not None:
+            with contextlib.suppress(Exception):  # a failed create cleaned up after itself (_abort_lost)
+                await asyncio.shield(self._created)
         if self.upload_id is not None:
             loop = asyncio.get_running_loop()
             upload_id = self.upload_id

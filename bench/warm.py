@@ -1,0 +1,337 @@
+"""Warm mode: what a queue's users get. ``python -m bench.warm`` (see bench/README.md).
+
+Starts, all private to this run: a moto server, a ``redis-server`` on a free port (never the shared one), and
+a real Celery worker (``celery -A bucketzip.worker worker --pool=prefork -c CPUs``) on them, plus the naive
+pipeline as a long-lived process (``bench.naive --serve``: one s3fs filesystem for all its jobs). Then:
+
+- **warm, by size**: each corpus zipped by both, runs interleaved (the order alternating each round).
+  bucketzip's time is submit-to-succeeded as the producer sees it (``Client.submit`` then ``wait``), queue
+  and result backend included; naive's is its request's round trip. The first archive of each is verified.
+- **latency**: the runs on ``tiny`` (20 objects, 5 MB) give p50 and p99 (use --runs 20 or more).
+- **throughput**: ``--small-jobs`` tiny jobs submitted at once (jobs/s) and ``--medium-jobs`` medium ones
+  (MB/s), on the worker's CPUs-many processes; the server's CPU over the same time; each pool process's
+  peak RSS (``VmHWM``) and its RSS after every phase (flat, or growing from job to job).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import boto3
+
+from bucketzip.config import Settings, usable_cpus
+from bucketzip.devserver import cpu_seconds, free_port, moto_process, redis_server, worker_process
+
+from . import corpus as corpora
+from .runner import child_env, settle
+from .verify import verify
+
+BUCKET = "bench"
+OUT_BUCKET = "bench-out"
+MB = 1e6
+MiB = 2**20
+
+
+class Server:
+    """A contender in a warm process (``python -m bench.naive --serve``, ``bench.bound --serve``): one JSON
+    request a line on its stdin, one JSON answer a line on its stdout."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        assert proc.stdin and proc.stdout
+        self.stdin: IO[str] = proc.stdin
+        self.stdout: IO[str] = proc.stdout
+        ready = self.stdout.readline()
+        if not ready:
+            raise RuntimeError("the naive server did not start")
+
+    def ask(self, request: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        """Send ``request``; return the round trip's seconds and the answer."""
+        started = time.perf_counter()
+        self.stdin.write(json.dumps(request) + "\n")
+        self.stdin.flush()
+        line = self.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.proc.args!r} died")
+        return time.perf_counter() - started, dict(json.loads(line))
+
+
+@contextlib.contextmanager
+def serving(module: str, endpoint: str, env: dict[str, str]) -> Iterator[Server]:
+    cmd = [sys.executable, "-m", module, "--endpoint", endpoint, "--serve"]
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        yield Server(proc)
+    finally:
+        if proc.stdin:
+            proc.stdin.close()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def pool_processes(worker_pid: int) -> list[int]:
+    """The prefork pool's processes: the worker's children."""
+    with open(f"/proc/{worker_pid}/task/{worker_pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def memory(pid: int) -> dict[str, int]:
+    """``VmRSS`` (now) and ``VmHWM`` (peak) of ``pid``, in bytes."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                out[name] = int(value.split()[0]) * 1024
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0-100)."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))
+    return ordered[int(rank) - 1]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, s3: Any, client: Any, servers: dict[str, Server], moto_pid: int):
+        self.args, self.s3, self.client, self.servers, self.moto_pid = args, s3, client, servers, moto_pid
+        self.tmp = Path(tempfile.mkdtemp(prefix="bench-warm-"))
+
+    def spec(self, c: corpora.Corpus, key: str) -> dict[str, Any]:
+        return {
+            "sources": [{"url": f"s3://{BUCKET}/{c.prefix}"}],
+            "destination": f"s3://{OUT_BUCKET}/{key}",
+            "compression": "auto",
+        }
+
+    def bucketzip(self, c: corpora.Corpus, key: str) -> tuple[float, int]:
+        """Submit-to-succeeded seconds, and the archive's size."""
+        started = time.perf_counter()
+        handle = self.client.submit(self.spec(c, key))
+        result = handle.wait(timeout=self.args.timeout)
+        return time.perf_counter() - started, int(result["size"])
+
+    def keys_file(self, c: corpora.Corpus) -> Path:
+        path = self.tmp / f"{c.name}-keys.txt"
+        path.write_text("".join(f"s3://{BUCKET}/{o.key}\n" for o in c.objects))
+        return path
+
+    def by_size(self, c: corpora.Corpus, runs: int) -> dict[str, Any]:
+        keys = self.keys_file(c)
+        contenders = self.args.contenders
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        bound_parts: dict[str, list[float]] = {"read": [], "write": []}
+        archive_bytes = c.input_bytes  # the bound writes as much as bucketzip's archive, once known
+        for i in range(runs):
+            for contender in contenders[i % 3 :] + contenders[: i % 3]:
+                settle(self.moto_pid)
+                key = f"{c.name}/{contender}-{i}.zip"
+                out = f"s3://{OUT_BUCKET}/{key}"
+                if contender == "naive":
+                    seconds, _ = self.servers["naive"].ask({"keys_file": str(keys), "out": out})
+                elif contender == "bucketzip":
+                    seconds, archive_bytes = self.bucketzip(c, key)
+                else:
+                    request = {"keys_file": str(keys), "write_to": out, "write_bytes": archive_bytes}
+                    _, r = self.servers["bound"].ask(request)
+                    seconds = r["duration"]
+                    bound_parts["read"].append(r["read_seconds"])
+                    bound_parts["write"].append(r["write_seconds"])
+                if i == 0 and contender != "bound":
+                    verify(self.s3, OUT_BUCKET, key, len(c.objects), c.input_bytes)
+                times[contender].append(seconds)
+                corpora.delete(self.s3, OUT_BUCKET, f"{c.name}/")
+                print(f"  {c.name} run {i + 1}/{runs} {contender:9} {seconds:8.3f} s", file=sys.stderr, flush=True)
+        med = {
+            name: statistics.median(times[name]) if times[name] else math.nan
+            for name in ("naive", "bucketzip", "bound")
+        }
+        read, write = (statistics.median(v) if v else math.nan for v in (bound_parts["read"], bound_parts["write"]))
+        return {
+            "objects": len(c.objects),
+            "input_bytes": c.input_bytes,
+            "archive_bytes": archive_bytes,
+            "runs": times,
+            "median": med,
+            "bound_read": read,
+            "bound_write": write,
+            "bucketzip_p50": percentile(times["bucketzip"], 50),
+            "bucketzip_p99": percentile(times["bucketzip"], 99),
+            "naive_p50": percentile(times["naive"], 50) if times["naive"] else math.nan,
+            "speedup": med["naive"] / med["bucketzip"],
+            "of_bound": med["bound"] / med["bucketzip"],
+            "of_floor": (read + write) / med["bucketzip"],
+        }
+
+    def throughput(self, c: corpora.Corpus, jobs: int) -> dict[str, Any]:
+        settle(self.moto_pid)
+        cpu_before = cpu_seconds(self.moto_pid)
+        started = time.perf_counter()
+        batch = self.client.submit_many([self.spec(c, f"tp-{c.name}/{i}.zip") for i in range(jobs)])
+        for handle in batch.accepted:
+            handle.wait(timeout=self.args.timeout)
+        seconds = time.perf_counter() - started
+        server_cpu = cpu_seconds(self.moto_pid) - cpu_before
+        corpora.delete(self.s3, OUT_BUCKET, f"tp-{c.name}/")
+        row = {
+            "corpus": c.name,
+            "jobs": jobs,
+            "seconds": seconds,
+            "jobs_per_s": jobs / seconds,
+            "input_mb_per_s": jobs * c.input_bytes / MB / seconds,
+            "server_cpu_seconds": server_cpu,
+        }
+        print(f"  throughput {c.name}: {jobs} jobs in {seconds:.2f} s", file=sys.stderr, flush=True)
+        return row
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.warm", description=__doc__.split("\n")[0])
+    p.add_argument("--corpus", default="tiny,twenty,medium", help="comma-separated (default: %(default)s)")
+    p.add_argument("--runs", type=int, default=20, help="runs per contender on tiny (default: %(default)s)")
+    p.add_argument("--big-runs", type=int, default=3, help="runs per contender on the other corpora")
+    p.add_argument("--concurrency", type=int, default=usable_cpus(), help="worker processes (default: CPUs)")
+    p.add_argument("--small-jobs", type=int, default=40, help="tiny jobs at once for throughput (0: skip)")
+    p.add_argument("--medium-jobs", type=int, default=4, help="medium jobs at once for throughput (0: skip)")
+    p.add_argument("--contenders", default="naive,bucketzip,bound", help="comma-separated (default: %(default)s)")
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--timeout", type=float, default=900)
+    args = p.parse_args(argv)
+    args.contenders = args.contenders.split(",")
+    if "bucketzip" not in args.contenders or not set(args.contenders) <= {"naive", "bucketzip", "bound"}:
+        p.error("--contenders: bucketzip and any of naive, bound")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    load = os.getloadavg()
+    record: dict[str, Any] = {"args": vars(args), "load_before": load, "cpus": os.cpu_count(), "by_size": {}}
+    print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}", file=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-warm-")))
+        url, moto = stack.enter_context(moto_process())
+        redis_url = stack.enter_context(redis_server(port=free_port()))  # our own: never the shared one
+        if redis_url is None:
+            print("redis-server is not installed", file=sys.stderr)
+            return 1
+        env = child_env(url, local=True)
+        env |= {"BUCKETZIP_REDIS_URL": redis_url, "BUCKETZIP_KEY_PREFIX": f"bench-{uuid.uuid4().hex[:6]}"}
+        log = stack.enter_context(open(tmp / "worker.log", "wb"))
+        worker = stack.enter_context(worker_process(env, "bench", log, concurrency=args.concurrency))
+        servers = {name: stack.enter_context(serving(f"bench.{name}", url, env)) for name in ("naive", "bound")}
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=url,
+            region_name=env["AWS_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
+        for bucket in (BUCKET, OUT_BUCKET):
+            s3.create_bucket(Bucket=bucket)
+        from bucketzip.client import Client
+
+        client = Client(Settings.from_env(env))
+        stack.callback(client.close)
+        names = args.corpus.split(",")
+        wanted = set(names) | {"tiny"} | ({"medium"} if args.medium_jobs else set())
+        built = {n: corpora.build(n, args.scale) for n in corpora.CORPORA if n in wanted}
+        for c in built.values():
+            corpora.upload(s3, BUCKET, c)
+        b = Bench(args, s3, client, servers, moto.pid)
+        stack.callback(shutil.rmtree, b.tmp, True)
+        # Warm up: every pool process and the naive process run a job before anything is measured.
+        tiny = built["tiny"]
+        warmups = client.submit_many([b.spec(tiny, f"warmup/{i}.zip") for i in range(2 * args.concurrency)])
+        for handle in warmups.accepted:
+            handle.wait(timeout=args.timeout)
+        servers["naive"].ask({"keys_file": str(b.keys_file(tiny)), "out": f"s3://{OUT_BUCKET}/warmup/naive.zip"})
+        warm_bound = {"keys_file": str(b.keys_file(tiny)), "write_to": f"s3://{OUT_BUCKET}/warmup/b", "write_bytes": 1}
+        servers["bound"].ask(warm_bound)
+        corpora.delete(s3, OUT_BUCKET, "warmup/")
+        rss: list[dict[str, Any]] = []
+
+        def sample(phase: str) -> None:
+            rss.append({"phase": phase, **{str(p): memory(p) for p in pool_processes(worker.pid)}})
+
+        sample("warm")
+        for name in names:
+            c = built[name]
+            runs = args.runs if name == "tiny" else args.big_runs
+            record["by_size"][name] = b.by_size(c, runs)
+            sample(name)
+        record["throughput"] = []
+        if args.small_jobs:
+            record["throughput"].append(b.throughput(tiny, args.small_jobs))
+            sample(f"{args.small_jobs} tiny at once")
+        if args.medium_jobs:
+            record["throughput"].append(b.throughput(built["medium"], args.medium_jobs))
+            sample(f"{args.medium_jobs} medium at once")
+        record["rss"] = rss
+        record["load_after"] = os.getloadavg()
+    report(record)
+    out = Path(__file__).parent / "results" / f"warm-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nraw numbers: {out}", file=sys.stderr)
+    return 0
+
+
+def report(record: dict[str, Any]) -> None:
+    c = record["args"]["concurrency"]
+    print(f"\nwarm: a Celery worker (prefork, -c {c}) vs the naive pipeline and the bound, each in a warm process")
+    print(
+        f"{'corpus':8} {'objects':>7} {'MB in':>7} {'naive s':>8} {'bucketzip s':>11} {'bound s':>8} "
+        f"{'vs naive':>8} {'of bound':>8} {'of floor':>8}  runs"
+    )
+    for name, r in record["by_size"].items():
+        m = r["median"]
+        print(
+            f"{name:8} {r['objects']:7} {r['input_bytes'] / MB:7.1f} {m['naive']:8.3f} {m['bucketzip']:11.3f} "
+            f"{m['bound']:8.3f} {r['speedup']:7.2f}x {r['of_bound']:8.0%} {r['of_floor']:8.0%}  "
+            f"{len(r['runs']['bucketzip'])}"
+        )
+    for name, r in record["by_size"].items():
+        ms = 1000
+        print(
+            f"latency {name}: bucketzip p50 {r['bucketzip_p50'] * ms:.0f} ms, p99 {r['bucketzip_p99'] * ms:.0f} ms "
+            f"over {len(r['runs']['bucketzip'])} jobs (naive p50 {r['naive_p50'] * ms:.0f} ms; bound: read "
+            f"{r['bound_read'] * ms:.0f} ms + write {r['bound_write'] * ms:.0f} ms)"
+        )
+    for t in record.get("throughput", []):
+        print(
+            f"throughput {t['corpus']}: {t['jobs']} jobs at once in {t['seconds']:.2f} s: {t['jobs_per_s']:.1f} "
+            f"jobs/s, {t['input_mb_per_s']:.1f} MB/s in; server CPU {t['server_cpu_seconds']:.2f} s"
+        )
+    peaks: dict[str, int] = {}
+    for sample in record.get("rss", []):
+        for pid, m in sample.items():
+            if pid != "phase":
+                peaks[pid] = max(peaks.get(pid, 0), m["VmHWM"])
+    print("peak RSS per pool process (MiB): " + ", ".join(f"{v / MiB:.0f}" for v in peaks.values()))
+    for sample in record.get("rss", []):
+        now = [f"{m['VmRSS'] / MiB:.0f}" for pid, m in sample.items() if pid != "phase"]
+        print(f"  RSS after {sample['phase']}: {', '.join(now)} MiB")
+    print(f"load average before {record['load_before'][0]:.1f}, after {record['load_after'][0]:.1f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
