@@ -1,7 +1,7 @@
 """What the dashboard and /metrics read over and over, and the readiness probes.
 
-``Gauges`` caches the job counts, the queue depth and the workers online for a second, so a dozen open
-dashboards refreshing every 1.5 s cost Redis one read per second, not one per viewer. Workers are counted by
+``Gauges`` reads the job counts (one pipelined round trip), and reuses the queue depth for a second, so a
+dozen open dashboards refreshing every second do not each ask the broker. Workers are counted by
 a Celery ping, which always waits its whole timeout: a daemon thread pings in the background and the pages
 read its latest answer, never waiting for it.
 
@@ -45,29 +45,29 @@ class Gauges:
     def __init__(self, client: Client, ping: bool = True) -> None:
         self.client = client
         self._lock = threading.Lock()
-        self._snapshot: Snapshot | None = None
+        self._depth: tuple[float, int | None] | None = None
         self._workers: tuple[float, list[str]] | None = None
         self._pinger: threading.Thread | None = None
         self._ping = ping
         self._stop = threading.Event()
 
     def snapshot(self) -> Snapshot:
+        """Counts read now (one round trip: they must agree with the job lists beside them); the queue depth
+        reused for ``GAUGE_TTL``; the workers from the background ping."""
         self._start_pinger()
+        counts = self.client.counts()
         with self._lock:
-            snap = self._snapshot
-            if snap is not None and time.monotonic() - snap.taken < GAUGE_TTL:
-                return snap
-            counts = self.client.counts()
-            try:
-                depth: int | None = self.client.queue_depth()
-            except Exception as exc:  # the broker being down must not take the dashboard with it
-                log.warning("queue depth: %s", exc)
-                depth = None
-            workers = None
-            if self._workers is not None and time.monotonic() - self._workers[0] < WORKERS_STALE:
-                workers = self._workers[1]
-            self._snapshot = Snapshot(counts, depth, workers, time.monotonic())
-            return self._snapshot
+            if self._depth is None or time.monotonic() - self._depth[0] >= GAUGE_TTL:
+                try:
+                    self._depth = (time.monotonic(), self.client.queue_depth())
+                except Exception as exc:  # the broker being down must not take the dashboard with it
+                    log.warning("queue depth: %s", exc)
+                    self._depth = (time.monotonic(), None)
+            depth = self._depth[1]
+        workers = None
+        if self._workers is not None and time.monotonic() - self._workers[0] < WORKERS_STALE:
+            workers = self._workers[1]
+        return Snapshot(counts, depth, workers, time.monotonic())
 
     def _start_pinger(self) -> None:
         if self._pinger is None and self._ping:

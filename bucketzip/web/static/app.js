@@ -1,9 +1,9 @@
 // bucketzip dashboard: every element with data-live="URL" is refreshed from that URL (a server-rendered,
-// autoescaped fragment) every REFRESH ms while the tab is visible. A fragment that carries data-final (a
-// job that ended) stops its refresh. No framework, no build step.
+// autoescaped fragment) every few hundred ms while the tab is visible. A fragment that carries data-final (a
+// job that ended) stops its refresh. The period comes from <body data-refresh="ms">. No framework, no build.
 "use strict";
 (function () {
-  const REFRESH = 1500;
+  const REFRESH = Number(document.body.getAttribute("data-refresh")) || 1000;
 
   function live(el) {
     const url = el.getAttribute("data-live");
