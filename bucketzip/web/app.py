@@ -157,8 +157,8 @@ def create_app(settings: Settings | None = None, client: Client | None = None, p
     pages.install(app)
     app.include_router(api.router(client, auth, gauges))
     app.include_router(pages.router(client, auth, gauges))
-    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.mount("/static/swagger", StaticFiles(packages=[("fastapi_offline", "static")]), name="swagger")
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @app.get("/healthz", tags=["monitoring"])
     def healthz() -> dict[str, str]:
