@@ -77,7 +77,7 @@ _JSON_FIELDS = ("spec", "result", "error", "restore")
 STAT_STARTED, STAT_BYTES_IN, STAT_BYTES_OUT, STAT_SWEPT = "started", "bytes_in", "bytes_out", "sweep_aborted"
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, math.inf)  # seconds, a job's run
 COUNTED_OUTCOMES = frozenset({SUCCEEDED, FAILED, CANCELLED, RETRYING})  # "finished:<state>" counters
-ARCHIVE_SCAN = 5_000  # catalog records one filtered page of archives examines at most (it then returns a cursor)
+ARCHIVE_SCAN = 2_000  # catalog records one filtered page of archives examines at most (it then returns a cursor)
 
 
 @dataclass
@@ -240,7 +240,7 @@ class Registry:
         a (score, member) position is exact. ZREVRANGEBYSCORE starts at the cursor's score: O(log N) to get
         there, plus the members that share that score and were already returned."""
         top: float | str = "+inf" if after is None else after[0]
-        chunk = limit + 1 if accept is None else max(limit + 1, 500)
+        chunk = limit + 1 if accept is None else max(limit + 1, 1000)
         found: list[str] = []
         last: tuple[float, str] | None = None
         offset = examined = 0

@@ -86,7 +86,7 @@ def test_a_running_jobs_progress_bar_advances_then_cancel_stops_it(
     row = page.locator(f"tr[data-job='{job_id}']")
     assert f"/{len(files) * 3} files" in row.inner_text()
     assert page.evaluate("window.__notReloaded === true")  # refreshed in place, not by reloading the page
-    assert int(page.locator("a.tab.state-running .count").inner_text()) == 1
+    assert int(page.locator("a.tab[data-state=running] .count").inner_text()) == 1
 
     row.locator("a").first.click()
     page.wait_for_url(f"**/jobs/{job_id}")
@@ -112,7 +112,7 @@ def test_retry_on_a_failed_job_leads_to_a_succeeded_job(
         poll(lambda j=job_id: http.get(f"/v1/jobs/{j}", headers=bearer("read")).json()["state"] == "failed", "fail")
 
     page.goto("/?state=failed")
-    assert int(page.locator("a.tab.state-failed .count").inner_text()) == 2
+    assert int(page.locator("a.tab[data-state=failed] .count").inner_text()) == 2
     page.click(f"tr[data-job='{first}'] a")
     assert page.locator(".error-type").first.inner_text() == "SourceMissing"
     assert f"s3://{bucket}/a.txt" in page.locator(".error-message").first.inner_text()
@@ -134,7 +134,7 @@ def test_retry_on_a_failed_job_leads_to_a_succeeded_job(
     page.wait_for_url("**/?state=queued")
     retried = http.get(f"/v1/jobs/{other}", headers=bearer("read")).json()
     assert retried["state"] == "retried" and retried["retried_by"]
-    assert page.locator("a.tab.state-failed .count").inner_text() == "0"
+    assert page.locator("a.tab[data-state=failed] .count").inner_text() == "0"
 
 
 def test_hostile_object_names_render_as_text(
