@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import fakeredis
 import pytest
 
 from bucketzip.config import Settings
 from bucketzip.errors import SourceMissing
+from bucketzip.lifecycle import Lifecycle
 from bucketzip.registry import (
     ARCHIVE_SCAN,
     CANCELLED,
     FAILED,
     RETRYING,
     STAT_SWEPT,
+    SUCCEEDED,
     Registry,
     decode_cursor,
     encode_cursor,
+    error_record,
 )
 
 
@@ -56,7 +60,7 @@ def test_a_page_is_stable_while_jobs_are_added_and_leave(registry: Registry) -> 
     registry.queued([(f"j{i:02d}", {}, "s3://b/x.zip") for i in range(10)])
     first, cursor = registry.page("queued", None, 4)
     registry.queued([("newer", {}, "s3://b/x.zip")])  # newer than every page: not in the older ones
-    registry.failed(first[0].id, SourceMissing(["s3://b/a"]))  # one already shown leaves the state
+    Lifecycle(registry, registry.redis).settle(first[0].id, FAILED, {})  # one already shown leaves the state
     rest, cursor2 = registry.page("queued", cursor, 100)
     assert cursor2 is None
     assert [j.id for j in first] + [j.id for j in rest] == [f"j{i:02d}" for i in range(9, -1, -1)]
@@ -95,18 +99,27 @@ def test_a_filtered_archive_page_examines_a_bounded_stretch(registry: Registry) 
 
 
 def test_counters_are_recorded_with_the_transitions(registry: Registry) -> None:
-    registry.queued([("a", {}, "s3://b/a.zip"), ("b", {}, "s3://b/b.zip"), ("c", {}, "s3://b/c.zip")])
-    for job_id in "abc":
-        registry.started(job_id, {}, f"s3://b/{job_id}.zip", "w1")
+    life = Lifecycle(registry, registry.redis)
+    registry.queued([(i, {}, f"s3://b/{i}.zip") for i in "abcd"])
+
+    def run(job_id: str) -> Any:
+        lease = life.lease(job_id, f"s3://b/{job_id}.zip")
+        assert lease.acquire() and life.start(job_id, {}, f"s3://b/{job_id}.zip", "w1", lease).run
+        return lease
+
+    error = {"error": json.dumps(error_record(SourceMissing(["s3://b/x"])))}
     result = {"destination": "s3://b/a.zip", "size": 700, "entries": 2, "input_bytes": 1000, "duration": 42.0}
-    registry.succeeded("a", result)
-    registry.failed("b", SourceMissing(["s3://b/x"]), RETRYING)
-    registry.failed("b", SourceMissing(["s3://b/x"]), FAILED)
-    registry.failed("c", SourceMissing(["s3://b/x"]), CANCELLED)
+    assert life.finish("a", run("a"), SUCCEEDED, {"result": json.dumps(result)})
+    lease = run("b")
+    assert life.finish("b", lease, RETRYING, error)
+    lease.release()
+    assert life.finish("b", run("b"), FAILED, error)  # a second run of b
+    assert life.finish("c", run("c"), CANCELLED, error)
+    assert life.cancel("d") == CANCELLED  # queued: cancelled at once, never started
     registry.count(STAT_SWEPT, 2)
     stats = registry.stats()
-    assert stats["started"] == 3 and stats["bytes_in"] == 1000 and stats["bytes_out"] == 700
+    assert stats["started"] == 4 and stats["bytes_in"] == 1000 and stats["bytes_out"] == 700
     assert stats["finished:succeeded"] == 1 and stats["finished:failed"] == 1
-    assert stats["finished:cancelled"] == 1 and stats["finished:retrying"] == 1
+    assert stats["finished:cancelled"] == 2 and stats["finished:retrying"] == 1
     assert stats["duration:3"] == 1 and stats["duration:sum"] == 42.0  # 42 s: in the 60 s bucket
     assert stats[STAT_SWEPT] == 2
