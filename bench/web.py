@@ -25,6 +25,7 @@ import httpx
 
 from bucketzip.config import Settings
 from bucketzip.errors import SourceMissing
+from bucketzip.lifecycle import write_state
 from bucketzip.registry import FAILED, RUNNING, SUCCEEDED, Registry, error_record
 
 TOKEN = "bench-admin-token-0123456789"
@@ -59,7 +60,7 @@ def record(registry: Registry, n: int) -> dict[str, str]:
                     pipe.zadd(registry.key("archives"), {json_dumps(entry, sort_keys=True): t + 5})
                 else:
                     continue
-                registry._set_state(pipe, job_id, state, t, extra)
+                write_state(registry, pipe, job_id, state, t, extra)
                 sample.setdefault(state, job_id)
             pipe.execute()
     sample.setdefault("queued", f"bench-{n - 21:07d}")
@@ -125,7 +126,7 @@ def main() -> None:
                         raise
                     time.sleep(0.1)
             deep = http.get("/v1/jobs", params={"limit": 50}).json()["next"]
-            for _ in range(200):  # 10,000 jobs down: a cursor deep in the list
+            for _ in range(min(200, args.jobs // 50 - 2)):  # up to 10,000 jobs down: a cursor deep in the list
                 deep = http.get("/v1/jobs", params={"limit": 50, "cursor": deep}).json()["next"]
             endpoints = [
                 ("GET /v1/jobs (newest 50)", "/v1/jobs?limit=50"),
