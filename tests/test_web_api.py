@@ -115,6 +115,15 @@ def test_submitting_is_idempotent_by_job_id(http: httpx.Client) -> None:
     assert first.status_code == again.status_code == 202
     assert first.json()["id"] == again.json()["id"] == "order-42"
     assert [j["id"] for j in http.get("/v1/jobs", headers=READ).json()["jobs"]] == ["order-42"]
+    # the same job_id with another spec would never make the second archive: a conflict, naming the field
+    conflict = is_problem(
+        http.post("/v1/jobs", json=spec("bkt-idem", "other.zip", job_id="order-42"), headers=SUBMIT), 409
+    )
+    assert conflict["field"] == "job_id" and conflict["value"] == "order-42"
+    batch = http.post(
+        "/v1/jobs/batch", json=[spec("bkt-idem", "b.zip", job_id="order-42"), spec("bkt-idem")], headers=SUBMIT
+    ).json()
+    assert [(i["position"], i["field"]) for i in batch["invalid"]] == [(0, "job_id")] and len(batch["accepted"]) == 1
 
 
 def test_batch_as_a_json_array_and_as_json_lines(http: httpx.Client) -> None:

@@ -330,8 +330,7 @@ def _parse_batch(body: bytes, content_type: str) -> tuple[list[tuple[int, Any]],
 
 
 def _invalid_item(position: int, exc: InvalidJob) -> BatchInvalid:
-    value = exc.args[1] if len(exc.args) > 1 else None
-    return BatchInvalid(position=position, field=exc.field, value=value, detail=str(exc))
+    return BatchInvalid(position=position, field=exc.field, value=problems._jsonable_deep(exc.value), detail=str(exc))
 
 
 async def _follow(request: Request, client: Client, job: Job) -> AsyncIterator[bytes]:

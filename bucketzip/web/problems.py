@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from ..errors import ConfigError, InvalidJob, JobStateError, UnknownJob
+from ..errors import ConfigError, InvalidJob, JobConflict, JobStateError, UnknownJob
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,9 @@ def response(
 
 
 def invalid_job(exc: InvalidJob, instance: str | None = None, **extra: Any) -> dict:
-    return document(
-        422, str(exc), "invalid-job", instance, field=exc.field, value=exc.args[1], reason=exc.reason, **extra
-    )
+    status, kind = (409, "job-conflict") if isinstance(exc, JobConflict) else (422, "invalid-job")
+    value = _jsonable_deep(exc.value)
+    return document(status, str(exc), kind, instance, field=exc.field, value=value, reason=exc.reason, **extra)
 
 
 def install(app: FastAPI) -> None:
@@ -83,7 +83,8 @@ def install(app: FastAPI) -> None:
 
     async def on_invalid_job(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, InvalidJob)
-        return JSONResponse(invalid_job(exc, request.url.path), 422, media_type=MEDIA_TYPE)
+        doc = invalid_job(exc, request.url.path)
+        return JSONResponse(doc, doc["status"], media_type=MEDIA_TYPE)
 
     async def on_unknown_job(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, UnknownJob)
@@ -138,6 +139,17 @@ def _unavailable(exc: BaseException) -> bool:
     from kombu.exceptions import OperationalError
 
     return isinstance(exc, redis.ConnectionError | redis.TimeoutError | OperationalError | TimeoutError)
+
+
+def _jsonable_deep(value: Any) -> Any:
+    """A field's value as JSON (the spec's own values are JSON already; anything else is its repr)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable_deep(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable_deep(v) for k, v in value.items()}
+    return repr(value)
 
 
 def _jsonable(value: Any) -> Any:
