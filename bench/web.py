@@ -56,8 +56,7 @@ def record(registry: Registry, n: int) -> dict[str, str]:
                 elif i % 10 < 7:
                     result = {"destination": destination, "size": 2**20, "entries": 10, "etag": '"e"'}
                     state, extra = SUCCEEDED, {"result": json_dumps(result), "finished": t + 5}
-                    entry = {**result, "job_id": job_id, "created": t + 5, "version_id": None, "storage_class": None}
-                    pipe.zadd(registry.key("archives"), {json_dumps(entry, sort_keys=True): t + 5})
+                    registry.add_archive(pipe, job_id, result, None)
                 else:
                     continue
                 write_state(registry, pipe, job_id, state, t, extra)

@@ -291,13 +291,6 @@ class Client:
         whatever the number of jobs. Raises ``ValueError`` for a cursor that was not returned by this."""
         return self.registry.page(state, cursor, limit)
 
-    def archives_page(
-        self, prefix: str | None = None, cursor: str | None = None, limit: int = 50
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        """One page of the archive catalog, newest first, of destinations starting with ``prefix``, and the
-        next page's cursor. A filtered page may be short (even empty) with a cursor: follow it to the end."""
-        return self.registry.archive_page(prefix, cursor, limit)
-
     def counts(self) -> dict[str, int]:
         """How many recorded jobs are in each state."""
         return self.registry.counts()

@@ -29,7 +29,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -77,7 +77,6 @@ _JSON_FIELDS = ("spec", "result", "error", "restore")
 STAT_STARTED, STAT_BYTES_IN, STAT_BYTES_OUT, STAT_SWEPT = "started", "bytes_in", "bytes_out", "sweep_aborted"
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, math.inf)  # seconds, a job's run
 COUNTED_OUTCOMES = frozenset({SUCCEEDED, FAILED, CANCELLED, RETRYING})  # "finished:<state>" counters
-ARCHIVE_SCAN = 2_000  # catalog records one filtered page of archives examines at most (it then returns a cursor)
 
 
 @dataclass
@@ -206,58 +205,31 @@ class Registry:
         ids, following = self._walk(zset, decode_cursor(cursor) if cursor else None, limit)
         return self.get_many(ids), following
 
-    def archive_page(
-        self, prefix: str | None = None, cursor: str | None = None, limit: int = 50
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        """One page of the archive catalog, newest first, of destinations starting with ``prefix`` if given,
-        and the next page's cursor. A filtered page examines at most ``ARCHIVE_SCAN`` records, so it may hold
-        fewer than ``limit`` (even none) and still have a cursor: follow it until it is None."""
-        accept = None
-        if prefix:
-            # Records are JSON with sorted keys: a substring test skips decoding those that cannot match.
-            needle = '"destination": ' + json.dumps(prefix)[:-1]
-            accept = lambda member: needle in member and json.loads(member)["destination"].startswith(prefix)  # noqa: E731
-        start = decode_cursor(cursor) if cursor else None
-        members, following = self._walk(self.key("archives"), start, limit, accept, ARCHIVE_SCAN if prefix else None)
-        return [json.loads(m) for m in members], following
-
     def stats(self) -> dict[str, float]:
         """The recorded counters (see ``count_*``): name -> value."""
         return {name: float(value) for name, value in self.redis.hgetall(self.key("stats")).items()}
 
-    def _walk(
-        self,
-        zset: str,
-        after: tuple[float, str] | None,
-        limit: int,
-        accept: Callable[[str], bool] | None = None,
-        budget: int | None = None,
-    ) -> tuple[list[str], str | None]:
-        """Members of ``zset`` newest first, strictly after the position ``after`` = (score, member): up to
-        ``limit`` accepted ones, and the cursor to go on from (None when the set is exhausted).
+    def _walk(self, zset: str, after: tuple[float, str] | None, limit: int) -> tuple[list[str], str | None]:
+        """Up to ``limit`` members of ``zset`` newest first, strictly after the position ``after`` = (score,
+        member), and the cursor to go on from (None when the set is exhausted).
 
         Members with equal scores (a batch recorded in one round trip) come in descending member order, so
         a (score, member) position is exact. ZREVRANGEBYSCORE starts at the cursor's score: O(log N) to get
         there, plus the members that share that score and were already returned."""
         top: float | str = "+inf" if after is None else after[0]
-        chunk = limit + 1 if accept is None else max(limit + 1, 1000)
         found: list[str] = []
         last: tuple[float, str] | None = None
-        offset = examined = 0
+        offset = 0
         while True:
-            rows = self.redis.zrevrangebyscore(zset, top, "-inf", start=offset, num=chunk, withscores=True)
+            rows = self.redis.zrevrangebyscore(zset, top, "-inf", start=offset, num=limit + 1, withscores=True)
             for member, score in rows:
                 if after is not None and score == after[0] and member >= after[1]:
                     continue  # at or before the cursor: returned by an earlier page
-                if accept is None or accept(member):
-                    if len(found) == limit:
-                        return found, encode_cursor(last)
-                    found.append(member)
-                last = (score, member)
-                examined += 1
-                if budget is not None and examined >= budget:
+                if len(found) == limit:
                     return found, encode_cursor(last)
-            if len(rows) < chunk:
+                found.append(member)
+                last = (score, member)
+            if len(rows) < limit + 1:
                 return found, None
             offset += len(rows)
 

@@ -1,4 +1,4 @@
-"""The registry's paged reads and recorded counters (issue 9), on fakeredis."""
+"""The registry's paged reads of jobs and its recorded counters (issue 9), on fakeredis."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from bucketzip.config import Settings
 from bucketzip.errors import SourceMissing
 from bucketzip.lifecycle import Lifecycle
 from bucketzip.registry import (
-    ARCHIVE_SCAN,
     CANCELLED,
     FAILED,
     RETRYING,
@@ -73,29 +72,6 @@ def test_cursors_are_opaque_and_checked() -> None:
     for bad in ("garbage!", "bm9wZQ", encode_cursor((1.0, "x"))[:-3] + "###", "W10"):
         with pytest.raises(ValueError, match="not a cursor"):
             decode_cursor(bad)
-
-
-def test_archives_filtered_by_destination_prefix(registry: Registry) -> None:
-    for i in range(30):
-        dest = f"s3://exports/user-{i % 3}/{i}.zip"
-        registry.redis.zadd(registry.key("archives"), {json.dumps({"destination": dest, "i": i}, sort_keys=True): i})
-    found, cursor = registry.archive_page("s3://exports/user-1/", None, 4)
-    assert [a["i"] for a in found] == [28, 25, 22, 19] and cursor is not None
-    more, cursor = registry.archive_page("s3://exports/user-1/", cursor, 100)
-    assert [a["i"] for a in more] == [16, 13, 10, 7, 4, 1] and cursor is None
-    everything, cursor = registry.archive_page(None, None, 100)
-    assert len(everything) == 30 and cursor is None
-    assert registry.archive_page("s3://exports/user-9/", None, 10) == ([], None)
-
-
-def test_a_filtered_archive_page_examines_a_bounded_stretch(registry: Registry) -> None:
-    members = {json.dumps({"destination": f"s3://a/{i}.zip"}): i for i in range(ARCHIVE_SCAN + 10)}
-    registry.redis.zadd(registry.key("archives"), members)
-    registry.redis.zadd(registry.key("archives"), {json.dumps({"destination": "s3://z/old.zip"}): -1})
-    found, cursor = registry.archive_page("s3://z/", None, 10)
-    assert found == [] and cursor is not None  # nothing in the first stretch: a cursor to go on
-    found, cursor = registry.archive_page("s3://z/", cursor, 10)
-    assert [a["destination"] for a in found] == ["s3://z/old.zip"] and cursor is None
 
 
 def test_counters_are_recorded_with_the_transitions(registry: Registry) -> None:

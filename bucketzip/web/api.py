@@ -276,18 +276,14 @@ def router(client: Client, auth: Any, gauges: Any) -> APIRouter:
     @api.get("/archives", response_model=ArchivePage, tags=["archives"])
     def archives(
         request: Request,
-        prefix: str | None = Query(None, description="destinations starting with this, e.g. s3://exports/user-42/"),
+        prefix: str | None = Query(None, description="destination URLs starting with this, e.g. s3://exports/u42/"),
         cursor: str | None = Query(None, description="the `next` of the previous page"),
         limit: int = Query(50, ge=1, le=MAX_PAGE),
     ) -> ArchivePage:
-        """The archive catalog, newest first. With a `prefix`, a page may be short (even empty) and still
-        have a `next`: follow it until it is null."""
+        """The archive catalog (`bucketzip.catalog`), newest first, one page at a time."""
         auth.require(request, "read")
         page_args(cursor, limit)
-        try:
-            found, following = client.archives_page(prefix or None, cursor, limit)
-        except ValueError as exc:
-            raise Problem(422, f"cursor: {exc}", "invalid-request", field="cursor", value=cursor) from None
+        found, following = archive_page(client, prefix, cursor, limit)
         return ArchivePage(archives=found, next=following)
 
     @api.get("/stats", response_model=Stats, tags=["monitoring"])
@@ -298,6 +294,14 @@ def router(client: Client, auth: Any, gauges: Any) -> APIRouter:
         return Stats(counts=snap.counts, queue_depth=snap.queue_depth, workers=snap.workers)
 
     return api
+
+
+def archive_page(
+    client: Client, prefix: str | None, cursor: str | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of ``Client.archives`` and the next page's cursor (the id of its last record, when there is more)."""
+    found = client.archives(limit + 1, prefix=prefix or None, cursor=cursor or None)
+    return found[:limit], found[limit - 1]["id"] if len(found) > limit else None
 
 
 def _parse_batch(body: bytes, content_type: str) -> tuple[list[tuple[int, Any]], list[BatchInvalid]]:

@@ -21,6 +21,7 @@ from ..cli import fmt_bytes
 from ..client import Client
 from ..errors import JobStateError, UnknownJob
 from ..registry import RUNNING, STATES, TERMINAL
+from .api import archive_page
 from .auth import SESSION_COOKIE, Auth, Principal
 from .live import Gauges
 from .problems import Problem
@@ -173,10 +174,7 @@ def router(client: Client, auth: Auth, gauges: Gauges) -> APIRouter:
     @pages.get("/archives")
     def archives(request: Request, prefix: str = "", cursor: str | None = None) -> Response:
         who = viewer(request)
-        try:
-            found, following = client.archives_page(prefix or None, cursor or None, PAGE)
-        except ValueError as exc:
-            raise Problem(422, f"cursor: {exc}", "invalid-request", field="cursor") from None
+        found, following = archive_page(client, prefix, cursor, PAGE)
         return render(request, "archives.html", who, archives=found, prefix=prefix, next=following, cursor=cursor)
 
     @pages.get("/login")
