@@ -391,6 +391,23 @@ def check(timeout: float) -> None:
     sys.exit(0 if ok else 1)
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8080, show_default=True, help="Port to listen on.")
+@click.option("--log-level", default="info", show_default=True, help="uvicorn's log level.")
+def serve(host: str, port: int, log_level: str) -> None:
+    """Serve the HTTP API (/v1, /docs) and the dashboard (/). Without BUCKETZIP_API_TOKENS, loopback only."""
+    try:
+        from .web.app import serve as run_server
+    except ImportError as exc:
+        click.echo(f"bucketzip: error: the web extra is not installed ({exc}): pip install 'bucketzip[web]'", err=True)
+        sys.exit(2)
+    try:
+        run_server(host, port, Settings.from_env(), log_level)
+    except BucketzipError as exc:
+        fail(exc)
+
+
 from .cli_archives import archives, restore, retrieve  # noqa: E402  (they use the helpers above)
 
 main.add_command(archives)

@@ -21,10 +21,11 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery.backends.base import KeyValueStoreBackend
 from celery.exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
 from celery.exceptions import TimeoutError as CeleryTimeout
 
@@ -32,9 +33,9 @@ from .config import Settings
 from .errors import InvalidJob, JobCancelled, JobConflict, JobStateError, JobTimedOut, UnknownJob
 from .lifecycle import CANCELLED, FAILED, QUEUED, RETRIED, RETRYING, RUNNING, TERMINAL, Lifecycle
 from .redact import redact
-from .registry import Job, Registry
+from .registry import Job, Registry, redis_client
 from .spec import JobSpec
-from .worker import TASK_NAME, BucketzipCelery, make_app
+from .worker import REDIS_SCHEMES, TASK_NAME, BucketzipCelery, broker_url, make_app
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +281,78 @@ class Client:
         created < ``until``; ``cursor`` is the ``id`` of the last record of the previous page."""
         search = {"prefix": prefix, "cursor": cursor, "vault": vault, "job_id": job_id, "since": since, "until": until}
         return self.registry.archives(limit, **search)
+
+    # --- pages, live progress and gauges, for the HTTP API and the dashboard (issue 9) ---
+
+    def jobs_page(
+        self, state: str | None = None, cursor: str | None = None, limit: int = 50
+    ) -> tuple[list[Job], str | None]:
+        """One page of recorded jobs, newest first, and the next page's cursor (None at the end): O(page),
+        whatever the number of jobs. Raises ``ValueError`` for a cursor that was not returned by this."""
+        return self.registry.page(state, cursor, limit)
+
+    def counts(self) -> dict[str, int]:
+        """How many recorded jobs are in each state."""
+        return self.registry.counts()
+
+    def stats(self) -> dict[str, float]:
+        """The counters the workers record: runs started, jobs finished by outcome, bytes, durations."""
+        return self.registry.stats()
+
+    def progress(self, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The live progress of those of ``job_ids`` that are running, read in one round trip where the
+        result backend is a key-value store (Redis)."""
+        backend = self.app.backend
+        if not job_ids:
+            return {}
+        if isinstance(backend, KeyValueStoreBackend):
+            values = backend.mget([backend.get_key_for_task(job_id) for job_id in job_ids])
+            metas = [backend.decode_result(v) if v else {} for v in values]
+        else:
+            metas = [backend.get_task_meta(job_id) for job_id in job_ids]
+        return {
+            job_id: meta["result"]
+            for job_id, meta in zip(job_ids, metas, strict=True)
+            if meta.get("status") == "PROGRESS" and isinstance(meta.get("result"), dict)
+        }
+
+    def attempts(self, job: Job, most: int = 20) -> list[Job]:
+        """The chain of attempts ``job`` belongs to (``retry_of`` back, ``retried_by`` forward), first
+        attempt first, at most ``most`` links each way."""
+        chain, seen = [job], {job.id}
+        for link, add in (("retry_of", lambda j: chain.insert(0, j)), ("retried_by", chain.append)):
+            here = job
+            for _ in range(most):
+                target = getattr(here, link)
+                found = self.registry.get(target) if target and target not in seen else None
+                if found is None:
+                    break
+                add(found)
+                seen.add(found.id)
+                here = found
+        return chain
+
+    def queue_depth(self) -> int:
+        """Messages waiting in the jobs' queue on the broker (not yet taken by a worker)."""
+        url = broker_url(self.settings)
+        if url.startswith(REDIS_SCHEMES):
+            # kombu keeps a queue as one list per priority step (0, 3, 6, 9), named like its own _q_for_pri.
+            # (Its passive queue_declare misses lists under a global_keyprefix, so it is read here.)
+            lists = [self.settings.queue] + [f"{self.settings.queue}\x06\x16{p}" for p in (3, 6, 9)]
+            with redis_client(url).pipeline(transaction=False) as pipe:
+                for name in lists:
+                    pipe.llen(f"{self.settings.key_prefix}:{name}")
+                return sum(pipe.execute())
+        with self.app.connection_for_read() as conn:
+            try:
+                return int(conn.default_channel.queue_declare(queue=self.settings.queue, passive=True).message_count)
+            except conn.channel_errors:
+                return 0  # no such queue yet (Redis drops an empty list): nothing is waiting
+
+    def workers(self, timeout: float = 1.0) -> list[str]:
+        """The workers that answer a ping within ``timeout`` seconds (it always waits that long)."""
+        replies = self.app.control.ping(timeout=timeout) or []
+        return sorted(name for reply in replies for name in reply)
 
     def check(self, timeout: float = 5.0) -> list[tuple[str, str | None]]:
         """Whether each service answers: ``[(name, None or the error), ...]`` for the broker, the result

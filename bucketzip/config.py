@@ -53,6 +53,26 @@ def _csv(text: str) -> frozenset[str]:
     return frozenset(p.strip() for p in text.split(",") if p.strip())
 
 
+API_ROLES = ("submit", "read", "admin")
+MIN_TOKEN_LENGTH = 16  # a bearer token is a password: short ones are guessable
+
+
+def _tokens(text: str) -> tuple[tuple[str, str], ...]:
+    """Parse ``ROLE:TOKEN,ROLE:TOKEN``. Messages never repeat a token (they may reach a log)."""
+    pairs: list[tuple[str, str]] = []
+    for n, item in enumerate((p.strip() for p in text.split(",") if p.strip()), 1):
+        role, sep, token = item.partition(":")
+        role, token = role.strip().lower(), token.strip()
+        if not sep or role not in API_ROLES:
+            raise ValueError(f"item {n} must be ROLE:TOKEN with ROLE one of {', '.join(API_ROLES)}")
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"item {n}: the token must be at least {MIN_TOKEN_LENGTH} characters")
+        if any(token == t for _, t in pairs):
+            raise ValueError(f"item {n}: the same token is listed twice")
+        pairs.append((role, token))
+    return tuple(pairs)
+
+
 def _bool(text: str) -> bool:
     if text.strip().lower() in ("1", "true", "yes", "on"):
         return True
@@ -152,6 +172,13 @@ class Settings:
     max_runs: int = field(default=3, metadata={"parse": int})
     retry_backoff_max: int = field(default=600, metadata={"parse": int})  # seconds between retries, at most
 
+    # --- the HTTP API and dashboard (bucketzip serve) ---
+    # ROLE:TOKEN pairs (roles: submit, read, admin). None configured: the server binds only to loopback.
+    api_tokens: tuple[tuple[str, str], ...] = field(default=(), metadata={"parse": _tokens, "secret": True}, repr=False)
+    api_cors_origins: frozenset[str] = field(default=frozenset(), metadata={"parse": _csv})  # empty: no CORS
+    api_max_body: int = field(default=8 * MiB, metadata={"parse": _size})  # larger request bodies get 413
+    api_session_ttl: int = field(default=12 * 3600, metadata={"parse": int})  # seconds a dashboard login lasts
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``environ`` (default ``os.environ``); keyword overrides win."""
@@ -166,7 +193,8 @@ class Settings:
             try:
                 values[f.name] = parse(raw)
             except ValueError as exc:
-                raise ConfigError(names[0], raw, str(exc)) from None
+                shown = "(hidden)" if f.metadata.get("secret") else raw
+                raise ConfigError(names[0], shown, str(exc)) from None
         values.update(overrides)
         return cls(**values).validated()
 
@@ -237,6 +265,13 @@ class Settings:
                 str(self.read_buffer),
                 f"must be at least BUCKETZIP_CHUNK_SIZE ({self.chunk_size})",
             )
+        if self.api_max_body < 1024:
+            raise ConfigError("BUCKETZIP_API_MAX_BODY", str(self.api_max_body), "must be at least 1KiB")
+        if self.api_session_ttl < 60:
+            raise ConfigError("BUCKETZIP_API_SESSION_TTL", str(self.api_session_ttl), "must be at least 60")
+        for origin in self.api_cors_origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ConfigError("BUCKETZIP_API_CORS_ORIGINS", origin, "must be * or start with http(s)://")
         return self
 
     @property

@@ -84,6 +84,7 @@ def write_state(
         if other != state:
             pipe.zrem(registry.key("state", other), job_id)
     pipe.zadd(registry.key("state", state), {job_id: now})
+    registry.count_transition(pipe, state, fields)  # the counters /metrics reports (issue 9)
 
 
 # --- the lease ---

@@ -8,6 +8,8 @@ Keys (all under ``<key_prefix>:``)::
     finished            zset: the finished jobs by the time they finished (what trimming reads)
     catalog:*           the archive catalog (``catalog.py``)
     uploads             hash: multipart upload id -> owning job (the sweeper spares running jobs' uploads)
+    stats               hash: counters since the first run (runs started, jobs finished by outcome, bytes in
+                        and out, a histogram of job durations, uploads swept), read by /metrics
     buckets             set: destination buckets seen (what the sweeper looks at by default)
     cancel:<id>         flag: cancellation requested
     lock:job:<id>       a running job's lock, and lock:dest:<url> for its destination
@@ -20,7 +22,10 @@ job is kept however many there are. The catalog is never trimmed, so it is as du
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import math
 import os
 import threading
 import time
@@ -67,6 +72,11 @@ __all__ = [
 ]
 
 _JSON_FIELDS = ("spec", "result", "error", "restore")
+
+# Counters in the ``stats`` hash (what /metrics reports as Prometheus counters).
+STAT_STARTED, STAT_BYTES_IN, STAT_BYTES_OUT, STAT_SWEPT = "started", "bytes_in", "bytes_out", "sweep_aborted"
+DURATION_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, math.inf)  # seconds, a job's run
+COUNTED_OUTCOMES = frozenset({SUCCEEDED, FAILED, CANCELLED, RETRYING})  # "finished:<state>" counters
 
 
 @dataclass
@@ -185,6 +195,44 @@ class Registry:
         """The archive catalog, newest first (``Catalog.search``'s filters as keywords)."""
         return Catalog(self.settings, self.redis).search(limit, **search)
 
+    def page(
+        self, state: str | None = None, cursor: str | None = None, limit: int = 50
+    ) -> tuple[list[Job], str | None]:
+        """One page of recorded jobs, newest first (those in ``state`` if given), and the cursor of the next
+        page (None at the end). Costs O(log N + page) whatever the number of jobs. Raises ``ValueError`` for
+        a cursor this registry did not make."""
+        zset = self.key("state", state) if state else self.key("jobs")
+        ids, following = self._walk(zset, decode_cursor(cursor) if cursor else None, limit)
+        return self.get_many(ids), following
+
+    def stats(self) -> dict[str, float]:
+        """The recorded counters (see ``count_*``): name -> value."""
+        return {name: float(value) for name, value in self.redis.hgetall(self.key("stats")).items()}
+
+    def _walk(self, zset: str, after: tuple[float, str] | None, limit: int) -> tuple[list[str], str | None]:
+        """Up to ``limit`` members of ``zset`` newest first, strictly after the position ``after`` = (score,
+        member), and the cursor to go on from (None when the set is exhausted).
+
+        Members with equal scores (a batch recorded in one round trip) come in descending member order, so
+        a (score, member) position is exact. ZREVRANGEBYSCORE starts at the cursor's score: O(log N) to get
+        there, plus the members that share that score and were already returned."""
+        top: float | str = "+inf" if after is None else after[0]
+        found: list[str] = []
+        last: tuple[float, str] | None = None
+        offset = 0
+        while True:
+            rows = self.redis.zrevrangebyscore(zset, top, "-inf", start=offset, num=limit + 1, withscores=True)
+            for member, score in rows:
+                if after is not None and score == after[0] and member >= after[1]:
+                    continue  # at or before the cursor: returned by an earlier page
+                if len(found) == limit:
+                    return found, encode_cursor(last)
+                found.append(member)
+                last = (score, member)
+            if len(rows) < limit + 1:
+                return found, None
+            offset += len(rows)
+
     def buckets(self) -> set[str]:
         return set(self.redis.smembers(self.key("buckets")))
 
@@ -263,6 +311,32 @@ class Registry:
         if upload_id:
             pipe.hdel(self.key("uploads"), upload_id)
 
+    # --- stats (issue 9, /metrics): counters bumped in the same round trip as the transition they count ---
+
+    def count(self, name: str, amount: float = 1) -> None:
+        """Add ``amount`` to a recorded counter (e.g. ``STAT_SWEPT``)."""
+        self.redis.hincrbyfloat(self.key("stats"), name, amount)
+
+    def count_transition(self, pipe: Any, state: str, fields: dict[str, Any]) -> None:
+        """Queue on ``pipe`` the counters a transition into ``state`` bumps (``lifecycle.write_state`` calls
+        this for every transition, in the same transaction): a run started, a job finished by outcome (with
+        its bytes and duration when it succeeded), a transient failure retried."""
+        stats = self.key("stats")
+        if state == RUNNING:
+            pipe.hincrby(stats, STAT_STARTED, 1)
+        if state not in COUNTED_OUTCOMES:
+            return
+        pipe.hincrby(stats, f"finished:{state}", 1)
+        raw = fields.get("result")
+        result = json.loads(raw) if isinstance(raw, str) else raw
+        if state == SUCCEEDED and isinstance(result, dict):
+            pipe.hincrby(stats, STAT_BYTES_IN, int(result.get("input_bytes") or 0))
+            pipe.hincrby(stats, STAT_BYTES_OUT, int(result.get("size") or 0))
+            duration = float(result.get("duration") or 0.0)
+            bucket = next(i for i, le in enumerate(DURATION_BUCKETS) if duration <= le)
+            pipe.hincrby(stats, f"duration:{bucket}", 1)
+            pipe.hincrbyfloat(stats, "duration:sum", duration)
+
     # --- retention ---
 
     def trim(self) -> int:
@@ -295,3 +369,23 @@ def sweep_container(destination: str) -> str:
     scheme, _, rest = destination.partition("://")
     name = rest.split("/", 1)[0]
     return f"glacier://{name}" if scheme == "glacier" else name
+
+
+def encode_cursor(position: tuple[float, str] | None) -> str | None:
+    """An opaque cursor for a (score, member) position: URL-safe, round-trips the score exactly."""
+    if position is None:
+        return None
+    raw = json.dumps([repr(position[0]), position[1]], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """The position ``encode_cursor`` made; ``ValueError`` for anything else."""
+    try:
+        score, member = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        value = float(score)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not a cursor this server returned ({exc.__class__.__name__})") from None
+    if not isinstance(member, str) or math.isnan(value):
+        raise ValueError("not a cursor this server returned")
+    return value, member

@@ -38,7 +38,7 @@ from .lifecycle import (
     Lease,
     Lifecycle,
 )
-from .registry import Registry, error_record
+from .registry import STAT_SWEPT, Registry, error_record
 from .spec import JobSpec
 from .worker import SWEEP_TASK_NAME, TASK_NAME, BucketzipCelery
 
@@ -314,4 +314,6 @@ def sweep_uploads(settings: Settings, registry: Registry, now: float | None = No
             url = bucket if protocol else f"s3://{bucket}/{key}"
             aborted.append(url)
             log.info("aborted stale upload %s of %s (job %s)", upload_id, url, owner)
+    if aborted:
+        registry.count(STAT_SWEPT, len(aborted))  # stats (issue 9)
     return {"buckets": buckets, "aborted": aborted, "kept_running": kept}

@@ -5,6 +5,7 @@ A test that needs a server it cannot reach is skipped on a laptop but fails unde
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -223,3 +224,67 @@ def vaults() -> Iterator[Any]:
 def glacier(vaults: Any) -> Any:
     """boto3's Glacier client on the vault server (the test's own, not bucketzip's)."""
     return boto3.client("glacier", endpoint_url=vaults.url, **CREDENTIALS)
+
+
+# --- the web app (issue 9): a real uvicorn server on a free port, in a thread of this process ---
+
+WEB_TOKENS = {
+    "admin": "admin-token-0123456789abcdef",
+    "read": "read-token-0123456789abcdef",
+    "submit": "submit-token-0123456789abcdef",
+}
+
+
+def bearer(role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {WEB_TOKENS[role]}"}
+
+
+@contextlib.contextmanager
+def web_server(settings: Settings, app: Any) -> Iterator[str]:
+    """Serve ``create_app`` for ``settings`` (with the Celery ``app``) with uvicorn; yield its base URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from bucketzip.client import Client
+    from bucketzip.web.app import create_app
+
+    web_app = create_app(settings, Client(settings, app=app))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(web_app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the web server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        web_app.state.gauges.close()
+
+
+@pytest.fixture
+def web_settings(queue_settings: Settings) -> Settings:
+    return queue_settings.replace(api_tokens=tuple(WEB_TOKENS.items()))
+
+
+@pytest.fixture
+def web(web_settings: Settings, queue_app: Any) -> Iterator[str]:
+    """The API and dashboard with the three test tokens, on this test's queue prefix; the base URL."""
+    with web_server(web_settings, queue_app) as url:
+        yield url
+
+
+@pytest.fixture
+def http(web: str) -> Iterator[Any]:
+    import httpx
+
+    with httpx.Client(base_url=web, timeout=30) as client:
+        yield client
