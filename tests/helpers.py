@@ -7,8 +7,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -54,3 +55,15 @@ def open_uploads(s3: Any, bucket: str) -> list[dict[str, Any]]:
 
 def keys(s3: Any, bucket: str) -> list[str]:
     return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 60, interval: float = 0.01) -> Any:
+    """Poll ``predicate`` until it returns something true, and return that. The timeout only bounds a broken
+    run: every wait in the suite is for a condition, never for time to pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"gave up waiting for {what}")

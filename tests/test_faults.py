@@ -20,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from bucketzip.devserver import free_port, redis_process, worker_process
 from bucketzip.registry import CANCELLED, FAILED, RUNNING, SUCCEEDED, TERMINAL, Job, Registry
 from bucketzip.tasks import sweep_uploads
 from bucketzip.worker import TASK_NAME
+from tests import helpers
 from tests.conftest import CREDENTIALS, QUEUE_ENV, need
 from tests.faultmatrix import FAULT_MATRIX
 from tests.faultproxy import FaultProxy, Rule
@@ -56,13 +56,7 @@ WAIT = 90  # seconds: only bounds a broken run
 
 
 def wait_until(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"gave up waiting for {what}")
+    return helpers.wait_until(predicate, what, timeout, interval=0.02)
 
 
 # --- the parts: a corpus, the proxy, worker processes ---

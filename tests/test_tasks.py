@@ -17,7 +17,7 @@ from bucketzip.errors import JobCancelled, SourceMissing, TransientError
 from bucketzip.lifecycle import Lease, Lifecycle
 from bucketzip.registry import CANCELLED, FAILED, RETRIED, RUNNING, SUCCEEDED, Registry
 from bucketzip.tasks import sweep_uploads
-from tests.helpers import fetch_archive, keys, open_uploads
+from tests.helpers import fetch_archive, keys, open_uploads, wait_until
 
 RESULT_FIELDS = {
     "destination",
@@ -58,17 +58,6 @@ while True:
     if meta["status"] in ("SUCCESS", "FAILURE"):
         break
 """
-
-
-def wait_until(predicate: Any, what: str, timeout: float = 60) -> Any:
-    """Poll ``predicate`` until it returns something true. The timeout only bounds a broken run."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 def scheduled(client: Any) -> set[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 
 import httpx
@@ -12,19 +11,9 @@ import pytest
 
 from bucketzip.registry import CANCELLED, FAILED, QUEUED, RETRIED, SUCCEEDED
 from tests.conftest import WEB_TOKENS, bearer
-from tests.helpers import fetch_archive, keys, open_uploads
+from tests.helpers import fetch_archive, keys, open_uploads, wait_until
 
 ADMIN, READ, SUBMIT = bearer("admin"), bearer("read"), bearer("submit")
-
-
-def wait_until(predicate: Any, what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 def spec(bucket: str, key: str = "out.zip", sources: list[str] | None = None, **extra: Any) -> dict[str, Any]:
