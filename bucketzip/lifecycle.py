@@ -285,13 +285,18 @@ class Lifecycle:
         self, job_id: str, lease: Lease, state: str, fields: dict[str, Any], extra: Callable[[Any], None] | None = None
     ) -> bool:
         """Move the job from this run's ``running`` to ``state`` (with ``fields`` on the record and ``extra``
-        writes in the same transaction). False, and nothing written, when the job is no longer this run's."""
+        writes in the same transaction), and give up the lease in that same transaction: a job sent to the
+        same destination the moment this one is seen finished must not find it still held. False, and nothing
+        written, when the job is no longer this run's."""
         now = time.time()
 
         def decide(record: dict[str, str], pipe: Any) -> bool:
             if record and (record.get("run") != lease.token or not allowed(record.get("state"), state)):
                 return False
+            held = [key for key in lease.keys if pipe.get(key) == lease.token]
             pipe.multi()
+            if held:
+                pipe.delete(*held)
             done = {"finished": now} if state in TERMINAL else {}
             write_state(self.registry, pipe, job_id, state, now, {**fields, **done})
             if state == SUCCEEDED:
@@ -302,7 +307,7 @@ class Lifecycle:
                 extra(pipe)
             return True
 
-        result: bool = self._cas(job_id, decide)
+        result: bool = self._cas(job_id, decide, *lease.keys)
         return result
 
     def settle(

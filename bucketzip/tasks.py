@@ -23,7 +23,16 @@ from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 
 from .config import Settings
-from .errors import InvalidJob, JobCancelled, JobTimedOut, LeaseLost, RestorePending, TransientError, WorkerLost
+from .errors import (
+    BucketzipError,
+    InvalidJob,
+    JobCancelled,
+    JobTimedOut,
+    LeaseLost,
+    RestorePending,
+    TransientError,
+    WorkerLost,
+)
 from .lifecycle import (
     CANCEL,
     CANCELLED,
@@ -296,12 +305,19 @@ def sweep_uploads(settings: Settings, registry: Registry, now: float | None = No
     explicit = bool(settings.sweep_buckets)
     buckets = sorted(settings.sweep_buckets or registry.buckets())
     aborted: list[str] = []
+    failed: dict[str, str] = {}
     kept = 0
     for bucket in buckets:
         # A vault is recorded (and may be listed in SWEEP_BUCKETS) as glacier://VAULT; a bucket by its name.
         protocol, _, name = bucket.rpartition("://")
         store: Any = store_for(protocol or "s3", settings)
-        for up in run_sync(store.list_uploads(name)):
+        try:
+            uploads = run_sync(store.list_uploads(name))
+        except BucketzipError as exc:  # a deleted bucket, a denied one: say so, and sweep the others
+            failed[bucket] = str(exc)
+            log.warning("sweep: cannot list the uploads of %s: %s", bucket, exc)
+            continue
+        for up in uploads:
             upload_id, key = up["UploadId"], up["Key"]
             owner = registry.upload_owner(upload_id)
             if up["Initiated"].timestamp() > cutoff or (owner is None and not explicit):
@@ -316,4 +332,4 @@ def sweep_uploads(settings: Settings, registry: Registry, now: float | None = No
             log.info("aborted stale upload %s of %s (job %s)", upload_id, url, owner)
     if aborted:
         registry.count(STAT_SWEPT, len(aborted))  # stats (issue 9)
-    return {"buckets": buckets, "aborted": aborted, "kept_running": kept}
+    return {"buckets": buckets, "aborted": aborted, "kept_running": kept, "failed": failed}

@@ -207,3 +207,13 @@ def test_nothing_stops_a_run_past_the_fence(life: Lifecycle) -> None:
         assert not cancel.cancelled.is_set() and beat.stop_reason is None
     finally:
         beat.stop()
+
+
+def test_the_lease_is_given_up_with_the_outcome(life: Lifecycle, fake: Any) -> None:
+    """A job sent to the same destination the moment this one is seen succeeded must find it free (it waited
+    LOCK_TTL/2 when the lease outlived the record)."""
+    queued(life)
+    lease = begin(life)
+    assert life.finish("j1", lease, SUCCEEDED, {"result": "{}"})
+    assert not any(fake.exists(key) for key in lease.keys)
+    assert life.lease("j2", DEST).acquire()

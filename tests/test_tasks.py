@@ -307,6 +307,17 @@ def test_sweep_aborts_stale_uploads_of_no_running_job(
     assert open_uploads(s3, bucket) == []
 
 
+def test_a_deleted_bucket_does_not_stop_the_sweep(client: Any, s3: Any, make_bucket: Any, queue_settings: Any) -> None:
+    registry = Registry(queue_settings)
+    bucket = make_bucket()
+    stale = s3.create_multipart_upload(Bucket=bucket, Key="dead.zip")["UploadId"]
+    registry.upload_started("dead-job", f"s3://{bucket}/dead.zip", stale)
+    registry.redis.sadd(registry.key("buckets"), bucket, "a-bucket-deleted-since")  # sorted first
+    report = sweep_uploads(queue_settings, registry, time.time() + queue_settings.stale_upload_age + 1)
+    assert report["aborted"] == [f"s3://{bucket}/dead.zip"] and open_uploads(s3, bucket) == []
+    assert list(report["failed"]) == ["a-bucket-deleted-since"]
+
+
 def test_running_state_is_recorded_with_the_worker(worker: Any, client: Any, make_bucket: Any, big_corpus: Any) -> None:
     bucket, _ = big_corpus
     out = make_bucket()
