@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import functools
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +27,7 @@ from ..config import MAX_PARTS, MiB, Settings
 from ..errors import InvalidJob, LimitExceeded
 from ..spec import Location
 from .base import ObjectInfo, Published, SinkOptions, error_code, translate
+from .parts import PartedSink
 from .treehash import combine, tree_hash
 
 MIN_PART_SIZE = 1 * MiB  # a vault's smallest part size
@@ -192,7 +192,7 @@ def abort_upload(client: Any, vault: str, upload_id: str) -> None:
             time.sleep(0.2 * 2**attempt)
 
 
-class GlacierSink:
+class GlacierSink(PartedSink):
     """Cuts the stream into ``part_size`` parts and uploads ``concurrency`` at a time while the next fills;
     ``write`` waits while that many are in flight, bounding memory at about ``(concurrency + 2) * part_size``.
     Each part's tree hash is computed on the pool thread that uploads it. The upload is created with the
@@ -201,38 +201,11 @@ class GlacierSink:
     def __init__(
         self, client: Any, pool: ThreadPoolExecutor, dest: Location, options: SinkOptions, part_size: int
     ) -> None:
-        self.client, self.pool, self.dest, self.options = client, pool, dest, options
+        super().__init__(pool, dest, part_size, options.concurrency)
+        self.client, self.options = client, options
         self.vault = dest.bucket
-        self.part_size = part_size
-        self.upload_id: str | None = None
-        self._buffer = bytearray()
-        self._size = 0
         self._offset = 0  # where the next part starts
         self._hashes: dict[int, bytes] = {}  # part offset -> its tree hash
-        self._inflight: set[Future[None]] = set()
-        self._slots = asyncio.Semaphore(options.concurrency)
-        self._failure: BaseException | None = None
-        self._closed = False
-
-    async def _call(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self.pool, functools.partial(fn, **kwargs))
-        except Exception as exc:
-            raise translate(exc, self.dest.url, "write") from exc
-
-    async def write(self, data: bytes) -> None:
-        self._check()
-        self._size += len(data)
-        size = self.part_size
-        if not self._buffer and len(data) == size:
-            await self._submit(data)
-            return
-        self._buffer += data
-        while len(self._buffer) >= size:
-            part = bytes(memoryview(self._buffer)[:size])
-            del self._buffer[:size]
-            await self._submit(part)
 
     async def _start(self) -> None:
         args: dict[str, Any] = {"vaultName": self.vault, "partSize": str(self.part_size)}
@@ -246,16 +219,9 @@ class GlacierSink:
     async def _submit(self, part: bytes) -> None:
         if self.upload_id is None:
             await self._start()
-        await self._slots.acquire()
-        if self._failure is not None:
-            self._slots.release()
-            raise self._failure
         offset = self._offset
         self._offset += len(part)
-        loop = asyncio.get_running_loop()
-        future = self.pool.submit(self._upload, offset, part)
-        self._inflight.add(future)
-        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._uploaded, f))
+        await self._spawn(self._upload, offset, part)
 
     def _upload(self, offset: int, part: bytes) -> None:  # on a pool thread
         checksum = tree_hash(part)
@@ -268,35 +234,12 @@ class GlacierSink:
         )
         self._hashes[offset] = checksum
 
-    def _uploaded(self, future: Future[None]) -> None:  # back on the loop
-        self._inflight.discard(future)
-        self._slots.release()
-        exc = future.exception() if not future.cancelled() else None
-        if exc is not None and self._failure is None:
-            self._failure = translate(exc, self.dest.url, "write")
-
-    async def _drain(self) -> None:
-        pending = [asyncio.wrap_future(f) for f in self._inflight]
-        results = await asyncio.gather(*pending, return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
-                raise r
-
-    def _check(self) -> None:
-        if self._closed:
-            raise RuntimeError("the sink is closed")
-        if self._failure is not None:
-            raise self._failure
-
     async def commit(self) -> Published:
         self._check()
         if self._buffer or self.upload_id is None:  # the last part may be smaller (or the only one)
             await self._submit(bytes(self._buffer))
         self._buffer = bytearray()
-        with contextlib.suppress(Exception):
-            await self._drain()  # a failure is recorded by _uploaded and raised by _check
-        await asyncio.sleep(0)
-        self._check()
+        await self._parts_done()
         checksum = combine([self._hashes[o] for o in sorted(self._hashes)]).hex()
         r = await self._call(
             self.client.complete_multipart_upload,
@@ -318,12 +261,7 @@ class GlacierSink:
 
     async def abort(self) -> None:
         """Let part uploads in flight finish, then abort the vault upload: no archive, no parts left behind."""
-        self._closed = True
-        self._buffer = bytearray()
-        for future in list(self._inflight):
-            future.cancel()
-        with contextlib.suppress(Exception):
-            await self._drain()
+        await self._stop_parts()
         if self.upload_id is not None:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self.pool, abort_upload, self.client, self.vault, self.upload_id)

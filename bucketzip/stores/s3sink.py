@@ -19,13 +19,14 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
 from ..errors import LeaseLost, TransientError, UploadFailed
 from ..spec import Location
 from .base import JOB_TAG, RUN_TAG, Published, SinkOptions, error_code, tag_metadata, translate
+from .parts import PartedSink
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def abort_upload(client: Any, bucket: str, key: str, upload_id: str) -> None:
             time.sleep(0.2 * 2**attempt)
 
 
-class S3Sink:
+class S3Sink(PartedSink):
     """Parts are cut at exactly ``part_size`` (so every non-final part is the same size, as R2 requires) and
     uploaded ``concurrency`` at a time while the next one fills; ``write`` waits while that many are in flight,
     which bounds memory at about ``(concurrency + 2) * part_size``. An archive smaller than one part is sent
@@ -63,16 +64,10 @@ class S3Sink:
     EARLY_CREATE_PARTS = 2  # a hint this many parts or more: the input may compress, but not below one part
 
     def __init__(self, client: Any, pool: ThreadPoolExecutor, dest: Location, options: SinkOptions) -> None:
-        self.client, self.pool, self.dest, self.options = client, pool, dest, options
-        self.upload_id: str | None = None
-        self._buffer = bytearray()
-        self._size = 0
+        super().__init__(pool, dest, options.part_size, options.concurrency)
+        self.client, self.options = client, options
         self._parts: dict[int, str] = {}
         self._numbered = 0  # part numbers handed out so far
-        self._inflight: set[Future[None]] = set()
-        self._slots = asyncio.Semaphore(options.concurrency)
-        self._failure: BaseException | None = None
-        self._closed = False
         self._created: asyncio.Task[None] | None = None  # the CreateMultipartUpload, once sent
         hint = options.size_hint
         if hint is not None and hint >= self.EARLY_CREATE_PARTS * options.part_size:
@@ -90,26 +85,6 @@ class S3Sink:
             args["ContentDisposition"] = o.content_disposition
         return args
 
-    async def _call(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self.pool, functools.partial(fn, **kwargs))
-        except Exception as exc:
-            raise translate(exc, self.dest.url, "write") from exc
-
-    async def write(self, data: bytes) -> None:
-        self._check()
-        self._size += len(data)
-        size = self.options.part_size
-        if not self._buffer and len(data) == size:
-            await self._submit(data)  # a whole part already (the ZIP stage cuts them so): no copy
-            return
-        self._buffer += data
-        while len(self._buffer) >= size:
-            part = bytes(memoryview(self._buffer)[:size])
-            del self._buffer[:size]
-            await self._submit(part)
-
     def start(self) -> None:
         """Send CreateMultipartUpload now, without waiting for its answer (idempotent)."""
         if self._created is None:
@@ -125,15 +100,8 @@ class S3Sink:
     async def _submit(self, part: bytes) -> None:
         if self.upload_id is None:
             await self._upload_created()
-        await self._slots.acquire()
-        if self._failure is not None:
-            self._slots.release()
-            raise self._failure
         self._numbered += 1
-        loop = asyncio.get_running_loop()
-        future = self.pool.submit(self._upload, self._numbered, part)
-        self._inflight.add(future)
-        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._uploaded, f))
+        await self._spawn(self._upload, self._numbered, part)
 
     async def _create(self) -> None:
         loop = asyncio.get_running_loop()
@@ -211,27 +179,6 @@ class S3Sink:
         )
         self._parts[number] = r["ETag"]
 
-    def _uploaded(self, future: Future[None]) -> None:  # back on the loop
-        self._inflight.discard(future)
-        self._slots.release()
-        exc = future.exception() if not future.cancelled() else None
-        if exc is not None and self._failure is None:
-            self._failure = translate(exc, self.dest.url, "write")
-
-    async def _drain(self) -> None:
-        """Wait for every part upload in flight (they cannot be interrupted mid-request)."""
-        pending = [asyncio.wrap_future(f) for f in self._inflight]
-        results = await asyncio.gather(*pending, return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
-                raise r
-
-    def _check(self) -> None:
-        if self._closed:
-            raise RuntimeError("the sink is closed")
-        if self._failure is not None:
-            raise self._failure
-
     def _conditions(self) -> dict[str, str]:
         if self.options.if_none_match:
             return {"IfNoneMatch": "*"}
@@ -246,10 +193,7 @@ class S3Sink:
             if self._buffer:  # the final part may be smaller than the others
                 await self._submit(bytes(self._buffer))
             self._buffer = bytearray()
-            with contextlib.suppress(Exception):
-                await self._drain()  # a failure is recorded by _uploaded and raised by _check
-            await asyncio.sleep(0)  # let the last _uploaded callbacks run
-            self._check()
+            await self._parts_done()
             parts = [{"PartNumber": n, "ETag": e} for n, e in sorted(self._parts.items())]
             publish = functools.partial(
                 self.client.complete_multipart_upload,
@@ -307,12 +251,7 @@ class S3Sink:
 
         If the store refuses the abort (a policy without ``s3:AbortMultipartUpload``, an outage), this raises
         ``UploadFailed`` naming the upload, which stays recorded (``SinkOptions.on_upload``) for the sweep."""
-        self._closed = True
-        self._buffer = bytearray()
-        for future in list(self._inflight):
-            future.cancel()  # those not started yet never will
-        with contextlib.suppress(Exception):
-            await self._drain()  # a failed part changes nothing: the whole upload is being aborted
+        await self._stop_parts()
         if self._created is not None:
             with contextlib.suppress(Exception):  # a failed create cleaned up after itself (_abort_lost)
                 await asyncio.shield(self._created)

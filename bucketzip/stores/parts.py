@@ -1,0 +1,105 @@
+"""What every multipart sink shares: cutting the stream into equal parts, uploading a few at a time on a thread
+pool while the next one fills, and stopping cleanly. The S3 and vault sinks add their own calls around it.
+
+``write`` waits while ``concurrency`` parts are in flight, which bounds memory at about
+``(concurrency + 2) * part_size``. A part that fails is recorded and raised by the next ``write`` or by the
+commit, so one failure stops the archive wherever it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from ..spec import Location
+from .base import translate
+
+
+class PartedSink:
+    """A sink's part machinery; subclasses define ``_submit(part)`` (which calls ``_spawn``)."""
+
+    def __init__(self, pool: ThreadPoolExecutor, dest: Location, part_size: int, concurrency: int) -> None:
+        self.pool, self.dest, self.part_size = pool, dest, part_size
+        self.upload_id: str | None = None
+        self._buffer = bytearray()
+        self._size = 0
+        self._inflight: set[Future[None]] = set()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._failure: BaseException | None = None
+        self._closed = False
+
+    async def _call(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        """``fn(**kwargs)`` on the pool, its error translated."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.pool, functools.partial(fn, **kwargs))
+        except Exception as exc:
+            raise translate(exc, self.dest.url, "write") from exc
+
+    async def write(self, data: bytes) -> None:
+        self._check()
+        self._size += len(data)
+        size = self.part_size
+        if not self._buffer and len(data) == size:
+            await self._submit(data)  # a whole part already (the ZIP stage cuts them so): no copy
+            return
+        self._buffer += data
+        while len(self._buffer) >= size:
+            part = bytes(memoryview(self._buffer)[:size])
+            del self._buffer[:size]
+            await self._submit(part)
+
+    async def _submit(self, part: bytes) -> None:
+        raise NotImplementedError
+
+    async def _spawn(self, upload: Callable[..., None], *args: Any) -> None:
+        """Run ``upload(*args)`` on the pool once a slot is free; its failure is kept for ``_check``."""
+        await self._slots.acquire()
+        if self._failure is not None:
+            self._slots.release()
+            raise self._failure
+        loop = asyncio.get_running_loop()
+        future = self.pool.submit(upload, *args)
+        self._inflight.add(future)
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._uploaded, f))
+
+    def _uploaded(self, future: Future[None]) -> None:  # back on the loop
+        self._inflight.discard(future)
+        self._slots.release()
+        exc = future.exception() if not future.cancelled() else None
+        if exc is not None and self._failure is None:
+            self._failure = translate(exc, self.dest.url, "write")
+
+    async def _drain(self) -> None:
+        """Wait for every part upload in flight (they cannot be interrupted mid-request)."""
+        pending = [asyncio.wrap_future(f) for f in self._inflight]
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                raise r
+
+    def _check(self) -> None:
+        if self._closed:
+            raise RuntimeError("the sink is closed")
+        if self._failure is not None:
+            raise self._failure
+
+    async def _parts_done(self) -> None:
+        """Before a commit: every part uploaded, or the first failure raised."""
+        with contextlib.suppress(Exception):
+            await self._drain()  # a failure is recorded by _uploaded and raised by _check
+        await asyncio.sleep(0)  # let the last _uploaded callbacks run
+        self._check()
+
+    async def _stop_parts(self) -> None:
+        """Before an abort: nothing more is written; parts not started never will be, the others finish."""
+        self._closed = True
+        self._buffer = bytearray()
+        for future in list(self._inflight):
+            future.cancel()
+        with contextlib.suppress(Exception):
+            await self._drain()  # a failed part changes nothing: the whole upload is being aborted
