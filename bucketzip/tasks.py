@@ -133,14 +133,14 @@ def _run(task: Task, life: Lifecycle, lease: Lease, spec: JobSpec, job_id: str) 
             result_dict = result.to_dict()
         except AlreadyPublished as found:
             result_dict = _recorded(registry, job_id, spec, found.info)
-    except RestorePending as exc:
-        _wait_for_restores(task, life, lease, job_id, spec, exc)
-        raise
     except BaseException as exc:
-        _record_failure(task, life, lease, job_id, exc, heartbeat.stop_reason)
+        heartbeat.stop()  # first: a renewal after the outcome gives up the lease would take it back
+        if isinstance(exc, RestorePending):
+            _wait_for_restores(task, life, lease, job_id, spec, exc)
+        else:
+            _record_failure(task, life, lease, job_id, exc, heartbeat.stop_reason)
         raise
-    finally:
-        heartbeat.stop()
+    heartbeat.stop()
     result_dict["job_id"] = result_dict.get("job_id") or job_id
     upload_id = registry.redis.hget(registry.key("job", job_id), "upload_id")
     recorded = life.finish(
