@@ -166,7 +166,15 @@ def test_follow_a_job_with_server_sent_events_to_its_result(
 ) -> None:
     bucket, files = big_corpus
     out = make_bucket()
-    body = {"sources": [f"s3://{bucket}/in/"], "destination": f"s3://{out}/all.zip", "presign_expires": 600}
+    # Level-9 DEFLATE of incompressible data: a job of several seconds, so its progress is seen more than once
+    # however busy the machine is.
+    body = {
+        "sources": [f"s3://{bucket}/in/"],
+        "destination": f"s3://{out}/all.zip",
+        "presign_expires": 600,
+        "compression": "deflate",
+        "compression_level": 9,
+    }
     job_id = http.post("/v1/jobs", json=body, headers=SUBMIT).json()["id"]
     events: list[tuple[str, Any]] = []
     with http.stream("GET", f"/v1/jobs/{job_id}/events", headers=SUBMIT, timeout=120) as stream:
