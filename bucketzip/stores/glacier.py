@@ -17,7 +17,6 @@ import builtins
 import functools
 import math
 import threading
-import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -26,13 +25,12 @@ from typing import Any
 from ..config import MAX_PARTS, MiB, Settings
 from ..errors import InvalidJob, LimitExceeded
 from ..spec import Location
-from .base import ObjectInfo, Published, SinkOptions, error_code, translate
-from .parts import PartedSink
+from .base import ObjectInfo, Published, SinkOptions, translate
+from .parts import PartedSink, abort_retrying
 from .treehash import combine, tree_hash
 
 MIN_PART_SIZE = 1 * MiB  # a vault's smallest part size
 MAX_PART_SIZE = 4 * 2**30  # and largest: 10,000 parts of 4 GiB make its largest archive, 40 TiB
-ABORT_ATTEMPTS = 3
 
 
 def vault_part_size(configured: int, size_bound: int = 0) -> int:
@@ -180,16 +178,8 @@ class GlacierStore:
 
 def abort_upload(client: Any, vault: str, upload_id: str) -> None:
     """Abort a vault upload (blocking), retrying; an upload already gone counts as aborted."""
-    for attempt in range(ABORT_ATTEMPTS):
-        try:
-            client.abort_multipart_upload(vaultName=vault, uploadId=upload_id)
-            return
-        except Exception as exc:
-            if error_code(exc) in ("ResourceNotFoundException", "404"):
-                return
-            if attempt == ABORT_ATTEMPTS - 1:
-                raise translate(exc, f"glacier://{vault}", "write") from exc
-            time.sleep(0.2 * 2**attempt)
+    abort = functools.partial(client.abort_multipart_upload, vaultName=vault, uploadId=upload_id)
+    abort_retrying(abort, frozenset({"ResourceNotFoundException", "404"}), f"glacier://{vault}")
 
 
 class GlacierSink(PartedSink):

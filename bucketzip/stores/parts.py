@@ -11,12 +11,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ..spec import Location
-from .base import translate
+from .base import error_code, translate
+
+ABORT_ATTEMPTS = 3  # a store may need an abort repeated before every part is freed
+
+
+def abort_retrying(abort: Callable[[], Any], gone: frozenset[str], url: str) -> None:
+    """Call ``abort`` (blocking) until it succeeds, ``ABORT_ATTEMPTS`` times at most with backoff; an upload
+    the store answers is gone (a code in ``gone``) counts as aborted."""
+    for attempt in range(ABORT_ATTEMPTS):
+        try:
+            abort()
+            return
+        except Exception as exc:
+            if error_code(exc) in gone:
+                return
+            if attempt == ABORT_ATTEMPTS - 1:
+                raise translate(exc, url, "write") from exc
+            time.sleep(0.2 * 2**attempt)
 
 
 class PartedSink:

@@ -26,11 +26,10 @@ from typing import Any
 from ..errors import LeaseLost, TransientError, UploadFailed
 from ..spec import Location
 from .base import JOB_TAG, RUN_TAG, Published, SinkOptions, error_code, tag_metadata, translate
-from .parts import PartedSink
+from .parts import PartedSink, abort_retrying
 
 log = logging.getLogger(__name__)
 
-ABORT_ATTEMPTS = 3  # S3 may need an abort repeated before every part is freed
 # What a commit may be answered when it did not fail: the conditional write found the destination changed
 # (by another run of the same job, maybe), or botocore retried a Complete whose first answer was lost and the
 # store no longer knows the (completed) upload. The destination itself tells which.
@@ -40,16 +39,8 @@ _UNSUPPORTED = {"NotImplemented", "501"}  # a store without conditional writes
 
 def abort_upload(client: Any, bucket: str, key: str, upload_id: str) -> None:
     """Abort a multipart upload (blocking, boto3), retrying; an upload already gone counts as aborted."""
-    for attempt in range(ABORT_ATTEMPTS):
-        try:
-            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-            return
-        except Exception as exc:
-            if error_code(exc) in ("NoSuchUpload", "404"):
-                return
-            if attempt == ABORT_ATTEMPTS - 1:
-                raise translate(exc, f"s3://{bucket}/{key}", "write") from exc
-            time.sleep(0.2 * 2**attempt)
+    abort = functools.partial(client.abort_multipart_upload, Bucket=bucket, Key=key, UploadId=upload_id)
+    abort_retrying(abort, frozenset({"NoSuchUpload", "404"}), f"s3://{bucket}/{key}")
 
 
 class S3Sink(PartedSink):
