@@ -248,7 +248,11 @@ class Client:
         state = Lifecycle(self.registry).cancel(job_id)
         if state is None:
             raise UnknownJob(job_id)
-        if state in TERMINAL - {CANCELLED}:
+        if state != CANCELLED:
+            # Finished already, or running ("cancelling"): a running job is stopped by its heartbeat through the
+            # flag. Its message must not be revoked: a run that hands it back (a lost lease, a worker shutting
+            # down) relies on its redelivery, which then records the cancel; a revoked one would be dropped and
+            # the job left "running" for ever.
             return state
         try:
             # Drops the message if a worker holds it unstarted; the flag covers workers that start later.

@@ -256,6 +256,10 @@ def test_cancel_a_running_job_aborts_its_upload(
     assert client.cancel(handle.id) == "cancelling"
     with pytest.raises(JobCancelled):
         handle.wait(60)
+    # A running job is stopped through the flag, never revoked: had its run handed the message back (a lost
+    # lease), a revoked redelivery would be dropped and the job left "running" for ever.
+    revoked = client.app.control.inspect(timeout=1).revoked() or {}
+    assert not any(handle.id in ids for ids in revoked.values())
     job = client.status(handle.id)
     assert job.state == CANCELLED and job.error["type"] == "JobCancelled"
     assert keys(s3, out) == [] and open_uploads(s3, out) == []
