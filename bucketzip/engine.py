@@ -287,7 +287,7 @@ async def _pipeline(
     spec: JobSpec,
     settings: Settings,
     stores: Callable[[str], Store],
-    emit: Callable[[bytes], Coroutine[Any, Any, None]],
+    emit: Callable[[bytes | bytearray], Coroutine[Any, Any, None]],
     level: int,
     part_size: int,
     tracker: _Tracker,

@@ -7,9 +7,10 @@ A STORED entry declares its CRC-32 and sizes in its local header (streaming read
   computes everything, and decides 'auto' itself);
 * for a larger one, ``EntryReader.read`` makes a ``Plan`` on the read-ahead's task, before yielding its first
   chunk: the method from the extension or, for 'auto', from the first 64 KiB; for STORE the CRC-32 from the
-  store's full-object checksum when it keeps one (``Store.checksum``: S3's ChecksumCRC32), else from a first
-  read of the whole object, after which the object is read again for the archive. The writer checks the bytes
-  against the declared CRC-32 either way, so an object that changed fails the job instead of the archive.
+  store's full-object checksum when it keeps one (S3's ChecksumCRC32, which the GET itself says when asked;
+  else ``Store.checksum``), else from a first read of the whole object, after which the object is read again
+  for the archive. The writer checks the bytes against the declared CRC-32 either way, so an object that
+  changed fails the job instead of the archive.
 
 Memory stays bounded: the first read keeps no bytes, only the running CRC-32.
 """
@@ -73,17 +74,22 @@ class EntryReader:
         entry = self.entries[i]
         obj = entry.obj
         store = self.stores(obj.location.protocol)
-        async with _closing(store.read(obj, self.chunk_size)) as chunks:
-            if self.whole(i):
+        whole = self.whole(i)
+        method = "store" if self.level == 0 else choose_method(entry.name, self.compression)
+        # An entry that may be stored asks its read for the store's checksum: no HEAD of its own then.
+        answered: list[int | None] = []
+        ask = None if whole or method == "deflate" else answered.append
+        async with _closing(store.read(obj, self.chunk_size, ask)) as chunks:
+            if whole:
                 async for chunk in chunks:
                     yield chunk
                 return
-            method = "store" if self.level == 0 else choose_method(entry.name, self.compression)
-            first = b""
+            first = await anext(aiter(chunks), b"")  # the read's answer, and its checksum, come with it
             if method == "auto":
-                first = await anext(aiter(chunks), b"")
                 method = resolve_method(entry.name, method, self.level, first)
-            crc = await store.checksum(obj) if method == "store" else None
+            crc = None
+            if method == "store":
+                crc = answered[0] if answered else await store.checksum(obj)
             if method == "deflate" or crc is not None:
                 self.plans[i] = Plan("deflate") if method == "deflate" else Plan("store", crc)
                 if first:

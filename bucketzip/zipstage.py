@@ -4,7 +4,7 @@ Awaiting one thread hop per chunk made the pipeline wait for the GIL and a loop 
 measured on a 500 MB job, 506 hops took 3.4 s for ~0.8 s of DEFLATE. Here the loop only enqueues (it waits
 when ``depth`` items are queued, which bounds memory) and the thread runs CRC-32 and DEFLATE back to back,
 both of which release the GIL (with a writer made by ``deflate.parallel_deflate``, the thread hands DEFLATE's
-blocks to a pool and keeps their output in order). Output is cut into blocks of exactly ``block`` bytes, the
+blocks to a pool and keeps their output in order). Output is copied into blocks of exactly ``block`` bytes, the
 sink's part size, so the sink sends each as a part without copying it again; the thread crosses back to the
 loop once per part, which is also where the sink's backpressure reaches it.
 """
@@ -12,7 +12,6 @@ loop once per part, which is also where the sink's backpressure reaches it.
 from __future__ import annotations
 
 import asyncio
-import collections
 import queue
 import threading
 from collections.abc import Callable, Coroutine
@@ -28,7 +27,7 @@ class ZipStage:
     def __init__(
         self,
         writer: ZipWriter,
-        emit: Callable[[bytes], Coroutine[Any, Any, None]],
+        emit: Callable[[bytearray], Coroutine[Any, Any, None]],
         block: int,
         depth: int = 8,
     ) -> None:
@@ -40,8 +39,8 @@ class ZipStage:
         self._depth = depth
         self._room = asyncio.Semaphore(depth)
         self._freed = 0  # room taken back from the queue but not yet handed to the loop (thread's side)
-        self._out: collections.deque[bytes | memoryview] = collections.deque()
-        self._held = 0
+        self._part: bytearray | None = None  # the part being filled, ``_filled`` bytes of it so far
+        self._filled = 0
         self._error: BaseException | None = None
         self._stopping = False
         self._done = asyncio.Event()
@@ -133,36 +132,29 @@ class ZipStage:
         for _ in range(self._depth):
             self._room.release()
 
-    def _gather(self, data: bytes) -> None:
-        if data:
-            self._out.append(data)
-            self._held += len(data)
-            while self._held >= self._block:
-                self._emit_block(self._cut(self._block))
-
-    def _cut(self, size: int) -> bytes:
-        """Exactly ``size`` bytes from the front of what is held, in one copy: whole pieces, and a view of the
-        piece that straddles the boundary (its rest stays held as a view)."""
-        taken: list[bytes | memoryview] = []
-        need = size
-        while need:
-            piece = self._out[0]
-            if len(piece) <= need:
-                taken.append(self._out.popleft())
-                need -= len(piece)
-            else:
-                view = memoryview(piece)
-                taken.append(view[:need])
-                self._out[0] = view[need:]
-                need = 0
-        self._held -= size
-        return b"".join(taken)
+    def _gather(self, data: bytes | memoryview) -> None:
+        """Copy ``data`` into the part being filled; hand each part over as soon as it is full. A piece is
+        copied once and dropped at once, so what this stage holds is the one part it fills, not that part's
+        pieces and then their join besides."""
+        view = memoryview(data)
+        while view:
+            if self._part is None:
+                self._part = bytearray(self._block)
+            take = min(len(view), self._block - self._filled)
+            self._part[self._filled : self._filled + take] = view[:take]
+            self._filled += take
+            view = view[take:]
+            if self._filled == self._block:
+                part, self._part, self._filled = self._part, None, 0
+                self._emit_block(part)
 
     def _flush(self) -> None:
-        if self._held:
-            self._emit_block(self._cut(self._held))
+        if self._part is not None and self._filled:
+            part, self._part = self._part, None
+            del part[self._filled :]  # the last part: shrunk in place (realloc), not copied
+            self._emit_block(part)
 
-    def _emit_block(self, data: bytes) -> None:
+    def _emit_block(self, data: bytearray) -> None:
         if self._stopping:
             return
         # Blocks this thread (not the loop) until the sink has taken the block: the sink's backpressure.

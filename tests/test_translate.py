@@ -12,6 +12,7 @@ from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
     EndpointConnectionError,
+    FlexibleChecksumError,
     NoCredentialsError,
     PartialCredentialsError,
     SSLError,
@@ -19,7 +20,14 @@ from botocore.exceptions import (
 
 from bucketzip.config import Settings
 from bucketzip.engine import run_sync
-from bucketzip.errors import AccessDenied, CredentialsError, EndpointError, TransientError, UploadFailed
+from bucketzip.errors import (
+    AccessDenied,
+    CredentialsError,
+    EndpointError,
+    SourceChanged,
+    TransientError,
+    UploadFailed,
+)
 from bucketzip.spec import Location
 from bucketzip.stores import SinkOptions, store_for, translate
 
@@ -150,3 +158,11 @@ def test_half_the_credentials_end_to_end(
     settings = Settings.from_env({"AWS_ENDPOINT_URL_S3": moto_url, "AWS_REGION": "us-east-1"})
     with pytest.raises(CredentialsError, match="AWS_SECRET_ACCESS_KEY"):
         run_sync(store_for("s3", settings).head(Location("s3", "photos", "a.jpg")))
+
+
+def test_a_body_that_fails_its_checksum_is_a_changed_source() -> None:
+    # botocore checks a GET's body against the checksum sent with it (ChecksumMode) when the body ends.
+    exc = FlexibleChecksumError(error_msg="Expected checksum AAAAAA== did not match calculated checksum: AQIDBA==")
+    err = translate(exc, "s3://photos/a.jpg", "read")
+    assert isinstance(err, SourceChanged) and err.url == "s3://photos/a.jpg"
+    assert "do not match the checksum the store sent with them" in str(err)

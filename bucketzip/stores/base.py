@@ -98,7 +98,7 @@ class Published:
 
 
 class Sink(Protocol):
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, data: bytes | bytearray) -> None: ...
     async def commit(self) -> Published: ...
     async def abort(self) -> None: ...
 
@@ -112,8 +112,14 @@ class Store(Protocol):
         """Every object whose key starts with ``loc.key``, in key order."""
         ...
 
-    def read(self, obj: ObjectInfo, chunk_size: int) -> AsyncIterator[bytes]:
-        """The object's bytes in chunks of about ``chunk_size``; raises SourceChanged if it changed."""
+    def read(
+        self, obj: ObjectInfo, chunk_size: int, on_checksum: Callable[[int | None], None] | None = None
+    ) -> AsyncIterator[bytes]:
+        """The object's bytes in chunks of about ``chunk_size``; raises SourceChanged if it changed.
+
+        A store that can say with the same request what ``checksum`` would (S3's GET with ``ChecksumMode``)
+        calls ``on_checksum`` with it once, before the first chunk; a STORED entry then needs no request of its
+        own for its CRC-32. A store that cannot does not call it."""
         ...
 
     async def checksum(self, obj: ObjectInfo) -> int | None:
@@ -217,6 +223,8 @@ def translate(exc: BaseException, url: str, operation: str) -> BaseException:
     if code is not None:
         return _answered(exc, code, url, operation)
     names = {c.__name__ for c in type(exc).__mro__}
+    if "FlexibleChecksumError" in names:  # botocore checked a GET's body against the checksum it came with
+        return SourceChanged(url, f"its bytes do not match the checksum the store sent with them ({exc})")
     if "NoCredentialsError" in names:
         return CredentialsError(url, operation, _NO_CREDENTIALS)
     if "PartialCredentialsError" in names:

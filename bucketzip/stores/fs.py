@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,7 +61,9 @@ class FsStore:
             if path.startswith(self.fs._strip_protocol(loc.path)) or not loc.path:
                 yield self._info(Location(loc.protocol, "", path), found.get(path, {}))
 
-    async def read(self, obj: ObjectInfo, chunk_size: int) -> AsyncIterator[bytes]:
+    async def read(
+        self, obj: ObjectInfo, chunk_size: int, on_checksum: Callable[[int | None], None] | None = None
+    ) -> AsyncIterator[bytes]:
         url = obj.location.url
         try:
             f = await asyncio.to_thread(self.fs.open, obj.location.path, "rb")
@@ -98,7 +100,7 @@ class FsSink:
     def __init__(self, fs: Any, dest: Location, tmp: str, f: Any) -> None:
         self.fs, self.dest, self.tmp, self.f = fs, dest, tmp, f
         self.size = 0
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | bytearray] = []
         self._pending_bytes = 0
 
     @classmethod
@@ -111,7 +113,7 @@ class FsSink:
             raise translate(exc, dest.url, "write") from exc
         return cls(fs, dest, tmp, f)
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | bytearray) -> None:
         self._pending.append(data)
         self._pending_bytes += len(data)
         self.size += len(data)

@@ -17,7 +17,7 @@ import builtins
 import functools
 import math
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -96,7 +96,9 @@ class GlacierStore:
     async def checksum(self, obj: ObjectInfo) -> int | None:
         return None  # a vault is never a source
 
-    async def read(self, obj: ObjectInfo, chunk_size: int) -> AsyncIterator[bytes]:
+    async def read(
+        self, obj: ObjectInfo, chunk_size: int, on_checksum: Callable[[int | None], None] | None = None
+    ) -> AsyncIterator[bytes]:
         raise InvalidJob("sources", obj.location.url, "a Glacier vault can only be a destination")
         yield  # pragma: no cover
 
@@ -206,14 +208,15 @@ class GlacierSink(PartedSink):
         if self.options.on_upload:
             self.options.on_upload(r["uploadId"])
 
-    async def _submit(self, part: bytes) -> None:
+    async def _submit(self, part: bytes | bytearray) -> None:
         if self.upload_id is None:
             await self._start()
         offset = self._offset
         self._offset += len(part)
         await self._spawn(self._upload, offset, part)
 
-    def _upload(self, offset: int, part: bytes) -> None:  # on a pool thread
+    def _upload(self, offset: int, part: bytes | bytearray) -> None:  # on a pool thread
+        part = bytes(part)  # botocore's Glacier handlers take bytes or a file, not a bytearray
         checksum = tree_hash(part)
         self.client.upload_multipart_part(
             vaultName=self.vault,
@@ -227,7 +230,7 @@ class GlacierSink(PartedSink):
     async def commit(self) -> Published:
         self._check()
         if self._buffer or self.upload_id is None:  # the last part may be smaller (or the only one)
-            await self._submit(bytes(self._buffer))
+            await self._submit(self._buffer)  # handed over: a new buffer replaces it
         self._buffer = bytearray()
         await self._parts_done()
         checksum = combine([self._hashes[o] for o in sorted(self._hashes)]).hex()

@@ -58,12 +58,17 @@ class PartedSink:
         except Exception as exc:
             raise translate(exc, self.dest.url, "write") from exc
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | bytearray) -> None:
+        """Take ``data``. A ``bytearray`` is taken over, not copied (the caller lets go of it): the ZIP stage
+        hands over whole parts, and last the archive's tail, each in a buffer of its own."""
         self._check()
         self._size += len(data)
         size = self.part_size
         if not self._buffer and len(data) == size:
             await self._submit(data)  # a whole part already (the ZIP stage cuts them so): no copy
+            return
+        if not self._buffer and isinstance(data, bytearray) and len(data) < size:
+            self._buffer = data  # the tail: the last part, or the whole archive if it fits in one
             return
         self._buffer += data
         while len(self._buffer) >= size:
@@ -71,7 +76,7 @@ class PartedSink:
             del self._buffer[:size]
             await self._submit(part)
 
-    async def _submit(self, part: bytes) -> None:
+    async def _submit(self, part: bytes | bytearray) -> None:
         raise NotImplementedError
 
     async def _spawn(self, upload: Callable[..., None], *args: Any) -> None:

@@ -16,7 +16,7 @@ import builtins
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -253,11 +253,15 @@ class S3Store:
             if not page.get("IsTruncated") or not token:
                 return
 
-    async def read(self, obj: ObjectInfo, chunk_size: int) -> AsyncIterator[bytes]:
+    async def read(
+        self, obj: ObjectInfo, chunk_size: int, on_checksum: Callable[[int | None], None] | None = None
+    ) -> AsyncIterator[bytes]:
         loc = obj.location
         s3 = await self.client(loc.bucket)
         done = 0
         resumes = 0
+        # The GET says the object's checksum too when asked (botocore then checks the body against it).
+        ask = on_checksum is not None and self.settings.source_checksums
         while True:
             kwargs: dict[str, Any] = {"Bucket": loc.bucket, "Key": loc.key}
             if obj.etag:
@@ -266,10 +270,15 @@ class S3Store:
                 kwargs["VersionId"] = obj.version_id
             if done:
                 kwargs["Range"] = f"bytes={done}-"
+            elif ask:
+                kwargs["ChecksumMode"] = "ENABLED"
             try:
                 resp = await s3.get_object(**kwargs)
             except Exception as exc:
                 raise translate(exc, loc.url, "read") from exc
+            if ask and on_checksum is not None:
+                on_checksum(full_object_crc32(resp))
+                ask = False  # once: a GET sent again (a resume) asks with a Range, which gets no checksum
             body = resp["Body"]
             try:
                 buf: list[bytes] = []

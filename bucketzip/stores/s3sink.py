@@ -88,7 +88,7 @@ class S3Sink(PartedSink):
         assert self._created is not None
         await asyncio.shield(self._created)
 
-    async def _submit(self, part: bytes) -> None:
+    async def _submit(self, part: bytes | bytearray) -> None:
         if self.upload_id is None:
             await self._upload_created()
         self._numbered += 1
@@ -164,7 +164,7 @@ class S3Sink(PartedSink):
         except Exception as exc:
             log.warning("could not abort upload %s of %s (%s); it is left for the sweep", upload_id, self.dest.url, exc)
 
-    def _upload(self, number: int, part: bytes) -> None:  # on a pool thread
+    def _upload(self, number: int, part: bytes | bytearray) -> None:  # on a pool thread
         r = self.client.upload_part(
             Bucket=self.dest.bucket, Key=self.dest.key, UploadId=self.upload_id, PartNumber=number, Body=part
         )
@@ -178,11 +178,11 @@ class S3Sink(PartedSink):
     async def commit(self) -> Published:
         self._check()
         if self.upload_id is None and self._created is None:
-            publish = functools.partial(self.client.put_object, Body=bytes(self._buffer), **self._object_args())
+            publish = functools.partial(self.client.put_object, Body=self._buffer, **self._object_args())
         else:
             await self._upload_created()
             if self._buffer:  # the final part may be smaller than the others
-                await self._submit(bytes(self._buffer))
+                await self._submit(self._buffer)  # handed over: a new buffer replaces it
             self._buffer = bytearray()
             await self._parts_done()
             parts = [{"PartNumber": n, "ETag": e} for n, e in sorted(self._parts.items())]

@@ -27,7 +27,7 @@ def combine(hashes: list[bytes]) -> bytes:
     return level[0]
 
 
-def tree_hash(data: bytes | memoryview) -> bytes:
+def tree_hash(data: bytes | bytearray | memoryview) -> bytes:
     """The tree hash of ``data`` held in memory (one part)."""
     view = memoryview(data)
     return combine([hashlib.sha256(view[i : i + CHUNK]).digest() for i in range(0, len(view), CHUNK)] or [])
