@@ -133,7 +133,7 @@ class Settings:
     deflate_threads: int = field(default_factory=lambda: min(4, usable_cpus()), metadata={"parse": int})
     progress_interval: float = field(default=0.5, metadata={"parse": float})  # seconds between reports
     # glibc's malloc arenas for this process (0: leave glibc's default of 8 per core). One arena keeps the
-    # threads' churn of chunk and part buffers from fragmenting several heaps: see engine.tune_allocator.
+    # threads' churn of chunk and part buffers from fragmenting several heaps: see allocator.py.
     malloc_arena_max: int = field(default=1, metadata={"parse": int})
 
     # --- cold storage ---

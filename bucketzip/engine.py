@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
+from .allocator import release_memory, tune_allocator
 from .archive import EntryMismatch, ZipWriter, may_need_zip64
 from .archived import settle
 from .config import MAX_PARTS, MiB, Settings
@@ -299,7 +300,10 @@ async def _pipeline(
     pool = ThreadPoolExecutor(threads, thread_name_prefix="bucketzip-deflate") if threads > 1 else None
     # Up to two blocks per thread in flight: one deflating, one queued behind it.
     writer = ZipWriter(level, parallel_deflate(pool, 2 * threads)) if pool else ZipWriter(level)
-    stage = ZipStage(writer, emit, block=part_size)
+    # With the allocator tuned (BUCKETZIP_MALLOC_ARENA_MAX), hand freed heap pages back after each part.
+    stage = ZipStage(
+        writer, emit, block=part_size, after_block=release_memory if settings.malloc_arena_max > 0 else None
+    )
     try:
         ahead = Prefetcher(range(len(entries)), reader.read, settings.read_buffer, settings.read_concurrency)
         async with ahead:
@@ -347,48 +351,6 @@ async def _pipeline(
 
 
 # --- running a job from synchronous code (the CLI, the Celery task) ---
-
-M_ARENA_MAX = -8  # glibc's mallopt() parameter number
-_tuned = False
-
-
-def tune_allocator(arena_max: int) -> bool:
-    """Limit glibc's malloc to ``arena_max`` arenas for this process (once; 0 leaves glibc's default).
-
-    By default each thread that allocates gets its own arena (up to 8 per core), and our loop, ZIP and upload
-    threads churn ~0.5 MiB chunks and 8 MiB parts through them, fragmenting each. Measured on a 500 MB job
-    against moto: peak RSS 182 MiB with the default, 171 MiB with one arena, and no slower. (Serving large
-    blocks straight from mmap instead, via M_MMAP_THRESHOLD, gave 155 MiB but cost 1 s of page faults.)
-    A no-op (False) where the C library is not glibc.
-    """
-    global _tuned
-    if _tuned or arena_max <= 0:
-        return False
-    _tuned = True
-    try:
-        import ctypes
-
-        return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, arena_max))
-    except (OSError, AttributeError):
-        return False
-
-
-_libc: Any = None
-
-
-def release_memory() -> bool:
-    """Give the heap's free pages back to the OS (glibc's ``malloc_trim``), so that a worker process's RSS
-    after a job is what it holds, not the high-water mark of its largest job so far. A no-op (False) where
-    the C library is not glibc."""
-    global _libc
-    try:
-        if _libc is None:
-            import ctypes
-
-            _libc = ctypes.CDLL(None)
-        return bool(_libc.malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
 
 
 def _loop() -> asyncio.AbstractEventLoop:

@@ -266,7 +266,7 @@ def _on_task_done(sender: Any = None, **_: Any) -> None:
     # pages back to the OS, so that a pool process's RSS between jobs stays flat instead of keeping the
     # high-water mark of the largest job it ever ran.
     if getattr(sender, "name", None) == TASK_NAME:
-        from .engine import release_memory
+        from .allocator import release_memory
 
         release_memory()
 

@@ -30,10 +30,12 @@ class ZipStage:
         emit: Callable[[bytearray], Coroutine[Any, Any, None]],
         block: int,
         depth: int = 8,
+        after_block: Callable[[], object] | None = None,
     ) -> None:
         self._writer = writer
         self._emit = emit
         self._block = block
+        self._after_block = after_block  # called on this stage's thread after each block is handed over
         self._loop = asyncio.get_running_loop()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._depth = depth
@@ -159,3 +161,5 @@ class ZipStage:
             return
         # Blocks this thread (not the loop) until the sink has taken the block: the sink's backpressure.
         asyncio.run_coroutine_threadsafe(self._emit(data), self._loop).result()
+        if self._after_block is not None:
+            self._after_block()

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import bucketzip.engine
 from bucketzip.config import MAX_PARTS, MIN_PART_SIZE, Settings
 from bucketzip.engine import AlreadyPublished, Progress, Publication, part_size_for, run_job
 from bucketzip.errors import InvalidJob, JobCancelled, LimitExceeded, SourceChanged, SourceMissing
@@ -67,12 +68,23 @@ def nothing_written(s3: Any, bucket: str, before: list[str] | None = None) -> No
 
 
 def test_happy_path(
-    corpus: tuple[str, dict[str, bytes]], make_bucket: Callable[[], str], s3: Any, settings: Settings
+    corpus: tuple[str, dict[str, bytes]],
+    make_bucket: Callable[[], str],
+    s3: Any,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     src, objects = corpus
     dest = make_bucket()
     reports: list[Progress] = []
     uploads: list[str] = []
+    trims: list[int] = []
+
+    def trim() -> bool:
+        trims.append(1)
+        return True
+
+    monkeypatch.setattr(bucketzip.engine, "release_memory", trim)
     spec = {
         "sources": [f"s3://{src}/"],
         "destination": f"s3://{dest}/exports/all.zip",
@@ -92,6 +104,7 @@ def test_happy_path(
     assert r["input_bytes"] == sum(len(d) for d in objects.values())
     assert r["part_size"] == 5 * MiB
     assert r["parts"] == -(-r["size"] // (5 * MiB)) > 1
+    assert len(trims) >= r["parts"] - 1  # freed heap pages handed back after each whole part
     assert r["duration"] > 0
     assert r["job_id"] == "job-happy-1"
     assert r["skipped"] == [] and r["renamed"] == []
@@ -638,7 +651,7 @@ def test_a_run_finds_its_jobs_archive_already_published(
 
 RELEASE = """
 import sys
-from bucketzip.engine import release_memory
+from bucketzip.allocator import release_memory
 
 def rss():
     with open("/proc/self/status") as f:

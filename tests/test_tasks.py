@@ -367,11 +367,11 @@ def test_a_redelivered_job_records_the_archive_its_dead_run_published(
 
 
 def test_a_pool_process_releases_memory_after_each_job(monkeypatch: pytest.MonkeyPatch) -> None:
-    import bucketzip.engine
+    import bucketzip.allocator
     from bucketzip.tasks import _on_task_done, zip_job
 
     calls: list[int] = []
-    monkeypatch.setattr(bucketzip.engine, "release_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(bucketzip.allocator, "release_memory", lambda: calls.append(1) or True)
     _on_task_done(sender=zip_job)
     assert calls == [1]
     _on_task_done(sender=None)  # another task, or none: nothing to do

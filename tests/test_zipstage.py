@@ -32,12 +32,15 @@ class Passing:
 def test_the_stage_holds_the_part_it_fills_and_no_more() -> None:
     block, piece, pieces = 4 * MiB, 256 * KiB, 64  # 16 MiB in: four parts
     parts: list[int] = []
+    after: list[int] = []  # how many parts had been handed over each time after_block ran
 
     async def main() -> int:
         async def emit(part: bytes | bytearray) -> None:
             parts.append(len(part))  # and dropped: what stays is the stage's
 
-        stage = ZipStage(cast(ZipWriter, Passing()), emit, block=block, depth=1)
+        stage = ZipStage(
+            cast(ZipWriter, Passing()), emit, block=block, depth=1, after_block=lambda: after.append(len(parts))
+        )
         tracemalloc.start()
         try:
             await stage.begin("a.bin", datetime(2024, 1, 1, tzinfo=UTC), "store", None)
@@ -51,5 +54,6 @@ def test_the_stage_holds_the_part_it_fills_and_no_more() -> None:
 
     peak = asyncio.run(main())
     assert parts == [block] * 4
+    assert after == [1, 2, 3, 4]  # after each part is handed over (how a job hands freed heap pages back)
     # One part, plus the few pieces in the queue and in hand; joining each part's pieces held two.
     assert peak < block + 8 * piece, f"peak {peak / MiB:.1f} MiB"
