@@ -122,12 +122,13 @@ class Bench:
             "compression": "auto",
         }
 
-    def bucketzip(self, c: corpora.Corpus, key: str) -> tuple[float, int]:
-        """Submit-to-succeeded seconds, and the archive's size."""
+    def bucketzip(self, c: corpora.Corpus, key: str) -> tuple[float, int, float]:
+        """Submit-to-succeeded seconds, the archive's size, and the engine's own seconds (the result's
+        ``duration``: from the listing to the archive published), so that the queue's share shows."""
         started = time.perf_counter()
         handle = self.client.submit(self.spec(c, key))
         result = handle.wait(timeout=self.args.timeout)
-        return time.perf_counter() - started, int(result["size"])
+        return time.perf_counter() - started, int(result["size"]), float(result["duration"])
 
     def keys_file(self, c: corpora.Corpus) -> Path:
         path = self.tmp / f"{c.name}-keys.txt"
@@ -139,6 +140,7 @@ class Bench:
         contenders = self.args.contenders
         times: dict[str, list[float]] = {name: [] for name in contenders}
         bound_parts: dict[str, list[float]] = {"read": [], "write": []}
+        engine: list[float] = []
         archive_bytes = c.input_bytes  # the bound writes as much as bucketzip's archive, once known
         for i in range(runs):
             for contender in contenders[i % 3 :] + contenders[: i % 3]:
@@ -148,7 +150,8 @@ class Bench:
                 if contender == "naive":
                     seconds, _ = self.servers["naive"].ask({"keys_file": str(keys), "out": out})
                 elif contender == "bucketzip":
-                    seconds, archive_bytes = self.bucketzip(c, key)
+                    seconds, archive_bytes, engine_seconds = self.bucketzip(c, key)
+                    engine.append(engine_seconds)
                 else:
                     request = {"keys_file": str(keys), "write_to": out, "write_bytes": archive_bytes}
                     _, r = self.servers["bound"].ask(request)
@@ -175,6 +178,8 @@ class Bench:
             "bound_write": write,
             "bucketzip_p50": percentile(times["bucketzip"], 50),
             "bucketzip_p99": percentile(times["bucketzip"], 99),
+            "engine_p50": percentile(engine, 50),
+            "queue_p50": percentile([t - e for t, e in zip(times["bucketzip"], engine, strict=True)], 50),
             "naive_p50": percentile(times["naive"], 50) if times["naive"] else math.nan,
             "speedup": med["naive"] / med["bucketzip"],
             "of_bound": med["bound"] / med["bucketzip"],
@@ -214,6 +219,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--contenders", default="naive,bucketzip,bound", help="comma-separated (default: %(default)s)")
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--timeout", type=float, default=900)
+    p.add_argument(
+        "--worker-python",
+        help="the interpreter the worker runs on, e.g. a venv's with only bucketzip's own dependencies, as "
+        "deployed (default: this one; a development venv's test tools, imported by some libraries when present, "
+        "add to a pool process's memory)",
+    )
     args = p.parse_args(argv)
     args.contenders = args.contenders.split(",")
     if "bucketzip" not in args.contenders or not set(args.contenders) <= {"naive", "bucketzip", "bound"}:
@@ -236,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         env = child_env(url, local=True)
         env |= {"BUCKETZIP_REDIS_URL": redis_url, "BUCKETZIP_KEY_PREFIX": f"bench-{uuid.uuid4().hex[:6]}"}
         log = stack.enter_context(open(tmp / "worker.log", "wb"))
-        worker = stack.enter_context(worker_process(env, "bench", log, concurrency=args.concurrency))
+        worker = stack.enter_context(
+            worker_process(env, "bench", log, concurrency=args.concurrency, python=args.worker_python)
+        )
         servers = {name: stack.enter_context(serving(f"bench.{name}", url, env)) for name in ("naive", "bound")}
         s3 = boto3.client(
             "s3",
@@ -298,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
 def report(record: dict[str, Any]) -> None:
     c = record["args"]["concurrency"]
     print(f"\nwarm: a Celery worker (prefork, -c {c}) vs the naive pipeline and the bound, each in a warm process")
+    if record["args"].get("worker_python"):
+        print(f"(the worker on {record['args']['worker_python']})")
     print(
         f"{'corpus':8} {'objects':>7} {'MB in':>7} {'naive s':>8} {'bucketzip s':>11} {'bound s':>8} "
         f"{'vs naive':>8} {'of bound':>8} {'of floor':>8}  runs"
@@ -314,7 +329,8 @@ def report(record: dict[str, Any]) -> None:
         print(
             f"latency {name}: bucketzip p50 {r['bucketzip_p50'] * ms:.0f} ms, p99 {r['bucketzip_p99'] * ms:.0f} ms "
             f"over {len(r['runs']['bucketzip'])} jobs (naive p50 {r['naive_p50'] * ms:.0f} ms; bound: read "
-            f"{r['bound_read'] * ms:.0f} ms + write {r['bound_write'] * ms:.0f} ms)"
+            f"{r['bound_read'] * ms:.0f} ms + write {r['bound_write'] * ms:.0f} ms); of it the engine "
+            f"p50 {r['engine_p50'] * ms:.0f} ms, the queue around it p50 {r['queue_p50'] * ms:.0f} ms"
         )
     for t in record.get("throughput", []):
         print(

@@ -128,12 +128,12 @@ def redis_server(port: int | None = None) -> Iterator[str | None]:
 
 @contextlib.contextmanager
 def worker_process(
-    env: dict[str, str], name: str, log: IO[bytes] | None = None, concurrency: int = 1
+    env: dict[str, str], name: str, log: IO[bytes] | None = None, concurrency: int = 1, python: str | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``celery -A bucketzip.worker worker --pool=prefork -c 1`` (or ``-c concurrency``) in a child process with
-    ``env`` added to ours; its output goes to ``log`` (or nowhere). Stopped with SIGTERM (a warm shutdown)
-    after, killed if it hangs."""
-    cmd = [sys.executable, "-m", "celery", "-A", "bucketzip.worker", "worker", "--pool=prefork"]
+    ``env`` added to ours, run by ``python`` (default: this interpreter); its output goes to ``log`` (or
+    nowhere). Stopped with SIGTERM (a warm shutdown) after, killed if it hangs."""
+    cmd = [python or sys.executable, "-m", "celery", "-A", "bucketzip.worker", "worker", "--pool=prefork"]
     cmd += ["-c", str(concurrency)]
     cmd += ["-n", f"{name}@%h", "--loglevel=INFO", "--without-mingle", "--without-gossip"]
     out = log if log is not None else subprocess.DEVNULL
