@@ -143,7 +143,7 @@ class Bench:
         engine: list[float] = []
         archive_bytes = c.input_bytes  # the bound writes as much as bucketzip's archive, once known
         for i in range(runs):
-            for contender in contenders[i % 3 :] + contenders[: i % 3]:
+            for contender in contenders[i % len(contenders) :] + contenders[: i % len(contenders)]:
                 settle(self.moto_pid)
                 key = f"{c.name}/{contender}-{i}.zip"
                 out = f"s3://{OUT_BUCKET}/{key}"
@@ -164,7 +164,7 @@ class Bench:
                 corpora.delete(self.s3, OUT_BUCKET, f"{c.name}/")
                 print(f"  {c.name} run {i + 1}/{runs} {contender:9} {seconds:8.3f} s", file=sys.stderr, flush=True)
         med = {
-            name: statistics.median(times[name]) if times[name] else math.nan
+            name: statistics.median(times[name]) if times.get(name) else math.nan
             for name in ("naive", "bucketzip", "bound")
         }
         read, write = (statistics.median(v) if v else math.nan for v in (bound_parts["read"], bound_parts["write"]))
@@ -180,7 +180,7 @@ class Bench:
             "bucketzip_p99": percentile(times["bucketzip"], 99),
             "engine_p50": percentile(engine, 50),
             "queue_p50": percentile([t - e for t, e in zip(times["bucketzip"], engine, strict=True)], 50),
-            "naive_p50": percentile(times["naive"], 50) if times["naive"] else math.nan,
+            "naive_p50": percentile(times["naive"], 50) if times.get("naive") else math.nan,
             "speedup": med["naive"] / med["bucketzip"],
             "of_bound": med["bound"] / med["bucketzip"],
             "of_floor": (read + write) / med["bucketzip"],
