@@ -542,3 +542,27 @@ def test_head_reports_user_metadata(make_bucket: Callable[[], str], s3: Any, set
     s3.put_object(Bucket=b, Key="k", Body=b"x", Metadata={"Bucketzip-Job": "j1"})
     info = run_sync(store_for("s3", settings).head(Location("s3", b, "k")))
     assert info is not None and info.metadata == {"bucketzip-job": "j1"}
+
+
+def test_the_two_s3_clients_share_one_parse_of_the_s3_model(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reads' client (aiobotocore) and the parts' (boto3) are made at once, on two threads: each used to
+    parse the S3 model itself (~150 ms of CPU in a job's start). One parse now, cached in the shared loader."""
+    import botocore.loaders
+
+    from bucketzip.stores.s3 import S3Store
+
+    parsed: list[str] = []
+    load = botocore.loaders.Loader.load_data_with_path
+
+    def counting(self: Any, name: str) -> Any:
+        parsed.append(name)
+        return load(self, name)
+
+    monkeypatch.setattr(botocore.loaders.Loader, "load_data_with_path", counting)
+    store = S3Store(settings)
+    run_sync(store.client("b"))  # at once, while the pool makes the boto3 client
+    store.boto()
+    assert parsed.count("s3/2006-03-01/service-2") == 1
+    assert parsed.count("s3/2006-03-01/endpoint-rule-set-1") == 1
