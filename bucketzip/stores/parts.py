@@ -2,9 +2,10 @@
 pool while the next one fills, and stopping cleanly. The S3 and vault sinks add their own calls around it.
 
 ``write`` waits while ``concurrency`` parts are in flight, which bounds memory at about
-``(concurrency + 1) * part_size`` when the writer hands over whole parts (the ZIP stage fills each part in place
-for an S3 sink), one part more when the sink cuts them itself (a vault's power-of-two parts). A part that fails is recorded and raised by the next ``write`` or by the
-commit, so one failure stops the archive wherever it is.
+``(concurrency + 1) * part_size`` when the writer hands over whole parts (the ZIP stage fills each part in
+place for an S3 sink), one part more when the sink cuts them itself (a vault's power-of-two parts). A part that
+fails is recorded and raised by the next ``write`` or by the commit, so one failure stops the archive wherever
+it is.
 """
 
 from __future__ import annotations

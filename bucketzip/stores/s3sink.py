@@ -46,10 +46,10 @@ def abort_upload(client: Any, bucket: str, key: str, upload_id: str) -> None:
 class S3Sink(PartedSink):
     """Parts are cut at exactly ``part_size`` (so every non-final part is the same size, as R2 requires) and
     uploaded ``concurrency`` at a time while the next one fills; ``write`` waits while that many are in flight,
-    which bounds memory at about ``(concurrency + 1) * part_size`` with the part the ZIP stage fills. An archive smaller than one part is sent
-    with a single PUT, and no multipart upload is ever created for it. When ``options.size_hint`` says the
-    archive will span several parts, CreateMultipartUpload is sent as the sink opens, so that its round trip
-    overlaps the first reads instead of holding back the first part.
+    which bounds memory at about ``(concurrency + 1) * part_size`` with the part the ZIP stage fills. An archive
+    smaller than one part is sent with a single PUT, and no multipart upload is ever created for it. When
+    ``options.size_hint`` says the archive will span several parts, CreateMultipartUpload is sent as the sink
+    opens, so that its round trip overlaps the first reads instead of holding back the first part.
     """
 
     EARLY_CREATE_PARTS = 2  # a hint this many parts or more: the input may compress, but not below one part
