@@ -89,7 +89,9 @@ class EntryReader:
                 method = resolve_method(entry.name, method, self.level, first)
             crc = None
             if method == "store":
-                crc = answered[0] if answered else await store.checksum(obj)
+                # A store may keep a checksum its GET does not say (or none, as for a multipart upload's
+                # object): a HEAD is still cheaper than the second read that would otherwise follow.
+                crc = answered[0] if answered and answered[0] is not None else await store.checksum(obj)
             if method == "deflate" or crc is not None:
                 self.plans[i] = Plan("deflate") if method == "deflate" else Plan("store", crc)
                 if first:

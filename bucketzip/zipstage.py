@@ -152,8 +152,8 @@ class ZipStage:
 
     def _flush(self) -> None:
         if self._part is not None and self._filled:
-            part, self._part = self._part, None
-            del part[self._filled :]  # the last part: shrunk in place (realloc), not copied
+            part, self._part, filled, self._filled = self._part, None, self._filled, 0
+            del part[filled:]  # the last part: shrunk in place (realloc), not copied
             self._emit_block(part)
 
     def _emit_block(self, data: bytearray) -> None:
