@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, Any
 
 
 def free_port() -> int:
@@ -40,6 +39,17 @@ def moto_server(port: int | None = None) -> Iterator[str]:
     """Run ``moto.server`` on 127.0.0.1 in a child process; yield its endpoint URL; stop it after."""
     with moto_process(port) as (url, _):
         yield url
+
+
+def stop(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM ``proc`` (a warm shutdown for a worker, SHUTDOWN for Redis) and wait; SIGKILL it if it is still
+    there after ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -76,12 +86,7 @@ def moto_process(port: int | None = None) -> Iterator[tuple[str, subprocess.Pope
                 time.sleep(0.1)
         yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 10)
 
 
 @contextlib.contextmanager
@@ -141,12 +146,7 @@ def worker_process(
     try:
         yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 30)
 
 
 @contextlib.contextmanager
@@ -168,9 +168,4 @@ def redis_process(port: int, directory: str, appendonly: bool = True) -> Iterato
             time.sleep(0.05)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 20)
