@@ -23,7 +23,7 @@ from bucketzip.devserver import moto_process
 
 from . import corpus as corpora
 from .report import summarize, table, write_json
-from .runner import CONTENDERS, Context, bench_corpus, child_env
+from .runner import CONTENDERS, Context, bench_corpus, child_env, compile_bytecode
 
 BUCKET = "bench"
 OUT_BUCKET = "bench-out"
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if load[0] > 0.5:  # measured before we start anything: someone else is using the CPUs
         print(f"warning: the machine is busy (load {load[0]:.1f}); timings will be noisy", file=sys.stderr)
     results_file = RESULTS / f"{started:%Y%m%d-%H%M%S}.json"
+    compile_bytecode()
     record: dict = {
         "started": started.isoformat(timespec="seconds"),
         "args": {k: v for k, v in vars(args).items() if k not in ("corpora", "wanted")},

@@ -103,6 +103,16 @@ def memory(pid: int) -> dict[str, int]:
     return out
 
 
+def cpu_bound(cpu: dict[str, float], complete: float, cores: int) -> float:
+    """The least wall time in which this machine can do the CPU work a job made: the server's (moto serves on one
+    core: its GIL) and the contender's own, on ``cores``. CompleteMultipartUpload (``complete``, as the bound
+    measured it for an archive of the same size) comes after the last part, with nothing left to overlap it."""
+    if math.isnan(complete):
+        complete = 0.0
+    server = max(0.0, cpu["server"] - complete)
+    return complete + max(server, (server + cpu["own"]) / cores)
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0-100)."""
     ordered = sorted(values)
@@ -111,9 +121,18 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, s3: Any, client: Any, servers: dict[str, Server], moto_pid: int):
+    def __init__(
+        self, args: argparse.Namespace, s3: Any, client: Any, servers: dict[str, Server], moto_pid: int, worker_pid: int
+    ):
         self.args, self.s3, self.client, self.servers, self.moto_pid = args, s3, client, servers, moto_pid
+        self.worker_pid = worker_pid
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-warm-"))
+
+    def own_cpu(self, contender: str) -> float:
+        """CPU seconds the contender's processes have used so far: the worker and its pool for bucketzip."""
+        if contender == "bucketzip":
+            return sum(cpu_seconds(pid) for pid in [self.worker_pid, *pool_processes(self.worker_pid)])
+        return cpu_seconds(self.servers[contender].proc.pid)
 
     def spec(self, c: corpora.Corpus, key: str) -> dict[str, Any]:
         return {
@@ -139,7 +158,8 @@ class Bench:
         keys = self.keys_file(c)
         contenders = self.args.contenders
         times: dict[str, list[float]] = {name: [] for name in contenders}
-        bound_parts: dict[str, list[float]] = {"read": [], "write": []}
+        bound_parts: dict[str, list[float]] = {"read": [], "write": [], "complete": []}
+        cpu: dict[str, dict[str, list[float]]] = {name: {"server": [], "own": []} for name in contenders}
         engine: list[float] = []
         archive_bytes = c.input_bytes  # the bound writes as much as bucketzip's archive, once known
         for i in range(runs):
@@ -147,6 +167,7 @@ class Bench:
                 settle(self.moto_pid)
                 key = f"{c.name}/{contender}-{i}.zip"
                 out = f"s3://{OUT_BUCKET}/{key}"
+                server_before, own_before = cpu_seconds(self.moto_pid), self.own_cpu(contender)
                 if contender == "naive":
                     seconds, _ = self.servers["naive"].ask({"keys_file": str(keys), "out": out})
                 elif contender == "bucketzip":
@@ -158,6 +179,9 @@ class Bench:
                     seconds = r["duration"]
                     bound_parts["read"].append(r["read_seconds"])
                     bound_parts["write"].append(r["write_seconds"])
+                    bound_parts["complete"].append(r["complete_seconds"])
+                cpu[contender]["server"].append(cpu_seconds(self.moto_pid) - server_before)
+                cpu[contender]["own"].append(self.own_cpu(contender) - own_before)
                 if i == 0 and contender != "bound":
                     verify(self.s3, OUT_BUCKET, key, len(c.objects), c.input_bytes)
                 times[contender].append(seconds)
@@ -167,7 +191,8 @@ class Bench:
             name: statistics.median(times[name]) if times.get(name) else math.nan
             for name in ("naive", "bucketzip", "bound")
         }
-        read, write = (statistics.median(v) if v else math.nan for v in (bound_parts["read"], bound_parts["write"]))
+        read, write, complete = (statistics.median(v) if v else math.nan for v in bound_parts.values())
+        cpu_med = {name: {k: statistics.median(v) for k, v in d.items()} for name, d in cpu.items()}
         return {
             "objects": len(c.objects),
             "input_bytes": c.input_bytes,
@@ -184,6 +209,9 @@ class Bench:
             "speedup": med["naive"] / med["bucketzip"],
             "of_bound": med["bound"] / med["bucketzip"],
             "of_floor": (read + write) / med["bucketzip"],
+            "bound_complete": complete,
+            "cpu": cpu_med,
+            "cpu_bound": cpu_bound(cpu_med["bucketzip"], complete, usable_cpus()),
         }
 
     def throughput(self, c: corpora.Corpus, jobs: int) -> dict[str, Any]:
@@ -236,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     load = os.getloadavg()
     record: dict[str, Any] = {"args": vars(args), "load_before": load, "cpus": os.cpu_count(), "by_size": {}}
+    record["cores"] = usable_cpus()
     print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}", file=sys.stderr)
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-warm-")))
@@ -269,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         built = {n: corpora.build(n, args.scale) for n in corpora.CORPORA if n in wanted}
         for c in built.values():
             corpora.upload(s3, BUCKET, c)
-        b = Bench(args, s3, client, servers, moto.pid)
+        b = Bench(args, s3, client, servers, moto.pid, worker.pid)
         stack.callback(shutil.rmtree, b.tmp, True)
         # Warm up: every pool process and the naive process run a job before anything is measured.
         tiny = built["tiny"]
@@ -331,6 +360,19 @@ def report(record: dict[str, Any]) -> None:
             f"over {len(r['runs']['bucketzip'])} jobs (naive p50 {r['naive_p50'] * ms:.0f} ms; bound: read "
             f"{r['bound_read'] * ms:.0f} ms + write {r['bound_write'] * ms:.0f} ms); of it the engine "
             f"p50 {r['engine_p50'] * ms:.0f} ms, the queue around it p50 {r['queue_p50'] * ms:.0f} ms"
+        )
+    cores = record.get("cores") or record["cpus"]
+    print(f"CPU per job, medians in s: the server's + the contender's own; the bound on {cores} cores (bench README)")
+    for name, r in record["by_size"].items():
+        cpu = r["cpu"]
+        others = ", ".join(
+            f"{who} {cpu[who]['server']:.2f} + {cpu[who]['own']:.2f}" for who in ("naive", "bound") if who in cpu
+        )
+        print(
+            f"  {name:8} bucketzip {cpu['bucketzip']['server']:.2f} + {cpu['bucketzip']['own']:.2f}"
+            f" (of which Complete ~{r['bound_complete']:.2f}): no schedule ends before {r['cpu_bound']:.2f} s;"
+            f" bucketzip {r['median']['bucketzip']:.2f} s = {r['cpu_bound'] / r['median']['bucketzip']:.0%} of it."
+            f" {others}"
         )
     for t in record.get("throughput", []):
         print(
