@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import socket
@@ -52,6 +53,7 @@ from .spec import JobSpec
 from .worker import SWEEP_TASK_NAME, TASK_NAME, BucketzipCelery
 
 log = get_task_logger(__name__)
+_log = logging.getLogger("bucketzip.worker")  # outside any task: no task id to show
 
 PROGRESS = "PROGRESS"  # the Celery state a running job reports, with the Progress fields as its meta
 
@@ -253,11 +255,38 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
         registry.redis.delete(registry.key("shutdown", hostname))  # a worker restarted under the same name
 
 
+@signals.worker_init.connect
+def _on_worker_init(**_: Any) -> None:
+    # Before the pool is forked: import the engine and the stores' SDKs once, here, rather than in every pool
+    # process's first job.
+    settings = _current_settings()
+    if settings is not None:
+        from . import engine, stores  # noqa: F401
+
+        stores.preload(settings)
+
+
 @signals.worker_process_init.connect
 def _on_process_init(**_: Any) -> None:
     # A prefork child that gets SIGTERM itself (systemd and some supervisors signal the whole process group)
     # stops its job cleanly instead of dying with its upload open.
     signal.signal(signal.SIGTERM, lambda signum, frame: _shutdown.set())
+    # Make the stores' clients on a thread: Celery gives a new pool process a few seconds to report for work,
+    # and a credentials lookup may take longer than that. A job that comes first waits for them (or makes them).
+    settings = _current_settings()
+    if settings is not None:
+        threading.Thread(target=_warm, args=(settings,), name="bucketzip-warm", daemon=True).start()
+
+
+def _warm(settings: Settings) -> None:
+    from . import stores
+
+    try:
+        stores.warm(settings)
+    except Exception:
+        _log.warning("could not make the stores' clients ahead of the first job", exc_info=True)
+    else:
+        _log.info("pool process %d: stores ready", os.getpid())
 
 
 @signals.task_postrun.connect

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -551,8 +553,12 @@ def test_the_two_s3_clients_share_one_parse_of_the_s3_model(
     parse the S3 model itself (~150 ms of CPU in a job's start). One parse now, cached in the shared loader."""
     import botocore.loaders
 
+    from bucketzip import stores
     from bucketzip.stores.s3 import S3Store
 
+    for earlier in list(stores._stores.values()):  # stores of earlier tests may still be making their clients
+        if isinstance(earlier, S3Store):
+            earlier.boto()
     parsed: list[str] = []
     load = botocore.loaders.Loader.load_data_with_path
 
@@ -566,3 +572,29 @@ def test_the_two_s3_clients_share_one_parse_of_the_s3_model(
     store.boto()
     assert parsed.count("s3/2006-03-01/service-2") == 1
     assert parsed.count("s3/2006-03-01/endpoint-rule-set-1") == 1
+
+
+def test_preload_imports_the_allowed_backends_and_makes_nothing() -> None:
+    # What a worker does before it forks its pool: import, but no client, no thread and no event loop, which a
+    # fork would copy half-made into every pool process.
+    code = (
+        "import sys, threading\n"
+        "from bucketzip import stores\n"
+        "from bucketzip.config import Settings\n"
+        "stores.preload(Settings.from_env({'BUCKETZIP_ALLOWED_PROTOCOLS': 's3'}))\n"
+        "assert {'bucketzip.stores.s3', 'aiobotocore.session', 's3fs', 'boto3'} <= set(sys.modules)\n"
+        "assert 'bucketzip.stores.glacier' not in sys.modules  # not allowed: not loaded\n"
+        "assert threading.active_count() == 1 and not stores._stores\n"
+        "import fsspec.asyn\n"
+        "assert fsspec.asyn.loop[0] is None, 'the IO loop was started'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_warm_makes_this_process_s3_store_and_both_its_clients(settings: Settings) -> None:
+    from bucketzip import stores
+
+    warmed = settings.replace(read_concurrency=settings.read_concurrency + 1)  # a store no other test made
+    stores.warm(warmed)
+    store: Any = store_for("s3", warmed)
+    assert store._boto is not None and store.fs._s3 is not None  # the sink's client and the reads' client

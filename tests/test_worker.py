@@ -4,11 +4,13 @@ halfway through a job, and stopped by a time limit), and RabbitMQ as the broker.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -173,6 +175,32 @@ def test_a_worker_shutting_down_hands_its_job_back_at_once(
         result = handle.wait(180)  # the message went back to the queue: the next worker makes the archive
     assert client.status(handle.id).runs == 2 and result["entries"] == len(files)
     fetch_archive(s3, out, "out.zip", {k.removeprefix("in/"): v for k, v in files.items()})
+    client.close()
+
+
+def test_each_pool_process_makes_its_stores_before_its_first_job(
+    s3: Any, make_bucket: Any, put: Any, s3_env: dict[str, str], redis_url: str, queue_prefix: str, tmp_path: Path
+) -> None:
+    """A pool process used to import the SDKs and make its S3 clients in its first job (~0.6 s more than the
+    next ones). The worker imports them before it forks, and each pool process makes its clients as it starts."""
+    bucket, out = make_bucket(), make_bucket()
+    files = {"a.txt": b"a" * 1000, "b.bin": os.urandom(1000)}
+    put(bucket, {f"in/{name}": data for name, data in files.items()})
+    env = queue_env(s3_env, redis_url, queue_prefix)
+    client = Client(Settings.from_env(env))
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log, worker_process(env, f"warm-{queue_prefix}", log, concurrency=2) as proc:
+
+        def ready() -> set[int]:
+            found = {int(pid) for pid in re.findall(rb"pool process (\d+): stores ready", log_path.read_bytes())}
+            return found if len(found) == 2 else set()
+
+        ready_pids = wait_until(ready, "both pool processes to make their stores", 60)
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+            assert ready_pids == {int(p) for p in f.read().split()}  # the pool's processes, before any job
+        result = client.submit(corpus_spec(bucket, out)).wait(60)
+    assert result["entries"] == 2
+    fetch_archive(s3, out, "out.zip", files)
     client.close()
 
 

@@ -173,6 +173,14 @@ class S3Store:
         self._models = self.pool.submit(self._load_models)
         self.pool.submit(self.boto)
 
+    def warm(self) -> None:
+        """Make both clients now, not in the first job: the sink's (boto3) and the reads' (s3fs's aiobotocore
+        client, on the IO loop). Blocks until both are made; sends no request."""
+        import fsspec.asyn
+
+        self.boto()
+        fsspec.asyn.sync(self.fs.loop, self.client)
+
     def boto(self) -> Any:
         """The blocking boto3 client the sink uploads with (made once, on first use; thread-safe)."""
         with self._boto_lock:
