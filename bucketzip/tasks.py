@@ -273,8 +273,12 @@ def _on_process_init(**_: Any) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: _shutdown.set())
     # Make the stores' clients on a thread: Celery gives a new pool process a few seconds to report for work,
     # and a credentials lookup may take longer than that. A job that comes first waits for them (or makes them).
+    # The allocator is tuned first, as a job would: a thread that allocates before it gets an arena of its own.
     settings = _current_settings()
     if settings is not None:
+        from .allocator import tune_allocator
+
+        tune_allocator(settings.malloc_arena_max)
         threading.Thread(target=_warm, args=(settings,), name="bucketzip-warm", daemon=True).start()
 
 
