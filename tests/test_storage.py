@@ -579,7 +579,7 @@ def test_preload_imports_the_allowed_backends_and_makes_nothing() -> None:
     # fork would copy half-made into every pool process.
     code = (
         "import sys, threading\n"
-        "from bucketzip import stores\n"
+        "from bucketzip import engine, stores\n"  # what the worker imports before it forks
         "from bucketzip.config import Settings\n"
         "stores.preload(Settings.from_env({'BUCKETZIP_ALLOWED_PROTOCOLS': 's3'}))\n"
         "assert {'bucketzip.stores.s3', 'aiobotocore.session', 's3fs', 'boto3'} <= set(sys.modules)\n"
