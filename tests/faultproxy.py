@@ -371,3 +371,16 @@ def _error_xml(code: str) -> bytes:
 def fault_proxy(upstream: str, seed: int = 0) -> Iterator[FaultProxy]:
     with FaultProxy(upstream, seed) as proxy:
         yield proxy
+
+
+@contextlib.contextmanager
+def holding(upstream: str, op: str, bucket: str, key: str) -> Iterator[tuple[str, Rule]]:
+    """An endpoint in front of ``upstream`` on which every ``op`` request for ``bucket``/``key`` waits until the
+    rule is released, or the block ends (at most 300 s): a job that needs that object cannot finish, however fast
+    the machine. Yields the endpoint's URL and the rule."""
+    with FaultProxy(upstream) as proxy:
+        rule = proxy.add(op, "stall", bucket=bucket, key=key, times=None, hold=300)
+        try:
+            yield proxy.url, rule
+        finally:
+            rule.release()

@@ -24,6 +24,7 @@ from bucketzip.registry import FAILED, SUCCEEDED, TERMINAL, Registry
 from bucketzip.tasks import sweep_uploads
 from bucketzip.worker import SWEEP_TASK_NAME, TASK_NAME, make_app
 from tests.conftest import need, queue_env
+from tests.faultproxy import holding
 from tests.helpers import fetch_archive, keys, open_uploads
 from tests.test_tasks import corpus_spec, wait_until
 
@@ -110,69 +111,90 @@ def test_a_worker_process_killed_halfway_leaves_one_archive_and_no_upload(
     client.close()
 
 
+# Reading one object at a time, a job over the corpus has begun its upload by then.
+MIDWAY = "in/060.bin"
+
+
 def test_the_soft_time_limit_aborts_the_upload(
-    s3: Any, make_bucket: Any, big_corpus: Any, s3_env: dict[str, str], redis_url: str, queue_prefix: str
+    s3: Any, make_bucket: Any, big_corpus: Any, moto_url: str, s3_env: dict[str, str], redis_url: str, queue_prefix: str
 ) -> None:
     bucket, _ = big_corpus
     out = make_bucket()
-    env = queue_env(
-        s3_env,
-        redis_url,
-        queue_prefix,
-        BUCKETZIP_JOB_SOFT_TIME_LIMIT="1",
-        BUCKETZIP_JOB_TIME_LIMIT="60",
-        BUCKETZIP_READ_CONCURRENCY="1",
-    )
-    client = Client(Settings.from_env(env))
-    with worker_process(env, f"limit-{queue_prefix}"):
-        # Level 9 DEFLATE of incompressible data: long enough to outlast a one-second limit.
-        handle = client.submit(corpus_spec(bucket, out, compression="deflate", compression_level=9))
-        with pytest.raises(JobTimedOut, match=r"its soft time limit of 1s \(BUCKETZIP_JOB_SOFT_TIME_LIMIT"):
-            handle.wait(120)
+    with holding(moto_url, "get", bucket, MIDWAY) as (endpoint, _):
+        env = queue_env(
+            s3_env,
+            redis_url,
+            queue_prefix,
+            AWS_ENDPOINT_URL_S3=endpoint,
+            BUCKETZIP_JOB_SOFT_TIME_LIMIT="1",
+            BUCKETZIP_JOB_TIME_LIMIT="60",
+            BUCKETZIP_READ_CONCURRENCY="1",
+        )
+        client = Client(Settings.from_env(env))
+        with worker_process(env, f"limit-{queue_prefix}"):
+            handle = client.submit(corpus_spec(bucket, out, compression="store"))
+            with pytest.raises(JobTimedOut, match=r"its soft time limit of 1s \(BUCKETZIP_JOB_SOFT_TIME_LIMIT"):
+                handle.wait(120)
     job = client.status(handle.id)
-    assert job.state == FAILED and job.error["type"] == "JobTimedOut"  # the record says it in our words too
+    assert job.state == FAILED and job.error is not None and job.error["type"] == "JobTimedOut"  # our words too
     assert keys(s3, out) == [] and open_uploads(s3, out) == []
     client.close()
 
 
 def test_the_hard_time_limit_alone_stops_a_job(
-    s3: Any, make_bucket: Any, big_corpus: Any, s3_env: dict[str, str], redis_url: str, queue_prefix: str
+    s3: Any, make_bucket: Any, big_corpus: Any, moto_url: str, s3_env: dict[str, str], redis_url: str, queue_prefix: str
 ) -> None:
     """Only BUCKETZIP_JOB_TIME_LIMIT set: the soft limit follows it (prefork arms the hard timer only once the
     soft one fired, so a soft limit left at its old default of 21540 s let a 2 s limit do nothing)."""
     bucket, _ = big_corpus
     out = make_bucket()
-    env = queue_env(s3_env, redis_url, queue_prefix, BUCKETZIP_JOB_TIME_LIMIT="2", BUCKETZIP_READ_CONCURRENCY="1")
-    client = Client(Settings.from_env(env))
-    with worker_process(env, f"hard-{queue_prefix}"):
-        handle = client.submit(corpus_spec(bucket, out, compression="deflate", compression_level=9))
-        with pytest.raises(JobTimedOut, match="by default just under BUCKETZIP_JOB_TIME_LIMIT"):
-            handle.wait(120)
+    with holding(moto_url, "get", bucket, MIDWAY) as (endpoint, _):
+        env = queue_env(
+            s3_env,
+            redis_url,
+            queue_prefix,
+            AWS_ENDPOINT_URL_S3=endpoint,
+            BUCKETZIP_JOB_TIME_LIMIT="2",
+            BUCKETZIP_READ_CONCURRENCY="1",
+        )
+        client = Client(Settings.from_env(env))
+        with worker_process(env, f"hard-{queue_prefix}"):
+            handle = client.submit(corpus_spec(bucket, out, compression="store"))
+            with pytest.raises(JobTimedOut, match="by default just under BUCKETZIP_JOB_TIME_LIMIT"):
+                handle.wait(120)
     assert client.status(handle.id).state == FAILED
     assert keys(s3, out) == [] and open_uploads(s3, out) == []
     client.close()
 
 
 def test_a_worker_shutting_down_hands_its_job_back_at_once(
-    s3: Any, make_bucket: Any, big_corpus: Any, s3_env: dict[str, str], redis_url: str, queue_prefix: str
+    s3: Any,
+    make_bucket: Any,
+    big_corpus: Any,
+    moto_url: str,
+    s3_env: dict[str, str],
+    redis_url: str,
+    queue_prefix: str,
 ) -> None:
     """SIGTERM (a deploy, ``docker compose stop``) used to wait for the job, and after the grace period kill
     it, leaving its upload for the sweep and its message for the visibility timeout."""
     bucket, files = big_corpus
     out = make_bucket()
-    env = queue_env(s3_env, redis_url, queue_prefix, BUCKETZIP_READ_CONCURRENCY="1")
-    client = Client(Settings.from_env(env))
-    spec = corpus_spec(bucket, out, compression="deflate", compression_level=9)
-    with worker_process(env, f"stop-{queue_prefix}") as proc:
-        handle = client.submit(spec)
-        wait_until(lambda: client.status(handle.id).upload_id, "the job to start its upload", 120)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)  # well before the job could have finished on its own
-        job = client.status(handle.id)
-        assert job.state == "queued" and job.runs == 1, job
-        assert keys(s3, out) == [] and open_uploads(s3, out) == []
-    with worker_process(env, f"next-{queue_prefix}"):
-        result = handle.wait(180)  # the message went back to the queue: the next worker makes the archive
+    client = Client(Settings.from_env(queue_env(s3_env, redis_url, queue_prefix)))
+    with holding(moto_url, "get", bucket, MIDWAY) as (endpoint, held):
+        env = queue_env(s3_env, redis_url, queue_prefix, AWS_ENDPOINT_URL_S3=endpoint, BUCKETZIP_READ_CONCURRENCY="1")
+        with worker_process(env, f"stop-{queue_prefix}") as proc:
+            handle = client.submit(corpus_spec(bucket, out, compression="store"))
+            wait_until(lambda: held.held, "the job to reach the held object", 120)  # its upload begun, unfinished
+            assert client.status(handle.id).upload_id
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+            job = client.status(handle.id)
+            assert job.state == "queued" and job.runs == 1, job
+            assert keys(s3, out) == [] and open_uploads(s3, out) == []
+        held.release()
+        with worker_process(env, f"next-{queue_prefix}"):
+            result = handle.wait(180)  # the message went back to the queue: the next worker makes the archive
     assert client.status(handle.id).runs == 2 and result["entries"] == len(files)
     fetch_archive(s3, out, "out.zip", {k.removeprefix("in/"): v for k, v in files.items()})
     client.close()
