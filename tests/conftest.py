@@ -132,6 +132,18 @@ def queue_env(s3_env: dict[str, str], redis_url: str, prefix: str, **extra: str)
     }
 
 
+# An object midway through ``big_corpus``: a job reading the corpus one object at a time has begun its upload by
+# the time it asks for it. ``faultproxy.holding`` holds its GET to keep such a job running for as long as a test
+# needs, however fast the machine.
+MIDWAY = "in/060.bin"
+
+
+def held_env(s3_env: dict[str, str], redis_url: str, prefix: str, endpoint: str, **extra: str) -> dict[str, str]:
+    """``queue_env`` for a job over ``big_corpus`` held at ``MIDWAY``: S3 through the holding proxy's
+    ``endpoint``, one object read at a time."""
+    return queue_env(s3_env, redis_url, prefix, AWS_ENDPOINT_URL_S3=endpoint, BUCKETZIP_READ_CONCURRENCY="1", **extra)
+
+
 @pytest.fixture
 def queue_prefix(redis_url: str) -> Iterator[str]:
     """A fresh key prefix (and queue name); every key under it is deleted after the test."""

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from bucketzip.cli import main
 from bucketzip.cli_errors import describe
 from bucketzip.devserver import free_port, worker_process
-from tests.conftest import queue_env
+from tests.conftest import MIDWAY, held_env
 from tests.faultproxy import holding
 
 SECRET = "hunter2-pw"  # a password in a service URL: never printed
@@ -150,15 +150,9 @@ def test_submit_wait_past_the_soft_time_limit(
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"sources": [f"s3://{bucket}/in/"], "destination": f"s3://{out}/out.zip"}))
     # The GET of one object midway waits until the test ends: the job outlasts its one-second limit for sure.
-    with holding(moto_url, "get", bucket, "in/060.bin") as (endpoint, _):
-        env = queue_env(
-            s3_env,
-            redis_url,
-            queue_prefix,
-            AWS_ENDPOINT_URL_S3=endpoint,
-            BUCKETZIP_JOB_SOFT_TIME_LIMIT="1",
-            BUCKETZIP_JOB_TIME_LIMIT="60",
-            BUCKETZIP_READ_CONCURRENCY="1",
+    with holding(moto_url, "get", bucket, MIDWAY) as (endpoint, _):
+        env = held_env(
+            s3_env, redis_url, queue_prefix, endpoint, BUCKETZIP_JOB_SOFT_TIME_LIMIT="1", BUCKETZIP_JOB_TIME_LIMIT="60"
         )
         with worker_process(env, f"limit-cli-{queue_prefix}"):
             r = bucketzip("submit", str(spec), "--wait", "--timeout", "120", env=env, timeout=180)

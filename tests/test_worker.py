@@ -23,7 +23,7 @@ from bucketzip.errors import JobTimedOut
 from bucketzip.registry import FAILED, SUCCEEDED, TERMINAL, Registry
 from bucketzip.tasks import sweep_uploads
 from bucketzip.worker import SWEEP_TASK_NAME, TASK_NAME, make_app
-from tests.conftest import need, queue_env
+from tests.conftest import MIDWAY, held_env, need, queue_env
 from tests.faultproxy import holding
 from tests.helpers import fetch_archive, keys, open_uploads
 from tests.test_tasks import corpus_spec, wait_until
@@ -111,24 +111,14 @@ def test_a_worker_process_killed_halfway_leaves_one_archive_and_no_upload(
     client.close()
 
 
-# Reading one object at a time, a job over the corpus has begun its upload by then.
-MIDWAY = "in/060.bin"
-
-
 def test_the_soft_time_limit_aborts_the_upload(
     s3: Any, make_bucket: Any, big_corpus: Any, moto_url: str, s3_env: dict[str, str], redis_url: str, queue_prefix: str
 ) -> None:
     bucket, _ = big_corpus
     out = make_bucket()
     with holding(moto_url, "get", bucket, MIDWAY) as (endpoint, _):
-        env = queue_env(
-            s3_env,
-            redis_url,
-            queue_prefix,
-            AWS_ENDPOINT_URL_S3=endpoint,
-            BUCKETZIP_JOB_SOFT_TIME_LIMIT="1",
-            BUCKETZIP_JOB_TIME_LIMIT="60",
-            BUCKETZIP_READ_CONCURRENCY="1",
+        env = held_env(
+            s3_env, redis_url, queue_prefix, endpoint, BUCKETZIP_JOB_SOFT_TIME_LIMIT="1", BUCKETZIP_JOB_TIME_LIMIT="60"
         )
         client = Client(Settings.from_env(env))
         with worker_process(env, f"limit-{queue_prefix}"):
@@ -149,14 +139,7 @@ def test_the_hard_time_limit_alone_stops_a_job(
     bucket, _ = big_corpus
     out = make_bucket()
     with holding(moto_url, "get", bucket, MIDWAY) as (endpoint, _):
-        env = queue_env(
-            s3_env,
-            redis_url,
-            queue_prefix,
-            AWS_ENDPOINT_URL_S3=endpoint,
-            BUCKETZIP_JOB_TIME_LIMIT="2",
-            BUCKETZIP_READ_CONCURRENCY="1",
-        )
+        env = held_env(s3_env, redis_url, queue_prefix, endpoint, BUCKETZIP_JOB_TIME_LIMIT="2")
         client = Client(Settings.from_env(env))
         with worker_process(env, f"hard-{queue_prefix}"):
             handle = client.submit(corpus_spec(bucket, out, compression="store"))
@@ -182,7 +165,7 @@ def test_a_worker_shutting_down_hands_its_job_back_at_once(
     out = make_bucket()
     client = Client(Settings.from_env(queue_env(s3_env, redis_url, queue_prefix)))
     with holding(moto_url, "get", bucket, MIDWAY) as (endpoint, held):
-        env = queue_env(s3_env, redis_url, queue_prefix, AWS_ENDPOINT_URL_S3=endpoint, BUCKETZIP_READ_CONCURRENCY="1")
+        env = held_env(s3_env, redis_url, queue_prefix, endpoint)
         with worker_process(env, f"stop-{queue_prefix}") as proc:
             handle = client.submit(corpus_spec(bucket, out, compression="store"))
             wait_until(lambda: held.held, "the job to reach the held object", 120)  # its upload begun, unfinished
