@@ -34,7 +34,7 @@ from typing import IO, Any
 import boto3
 
 from bucketzip.config import Settings, usable_cpus
-from bucketzip.devserver import cpu_seconds, free_port, moto_process, redis_server, worker_process
+from bucketzip.devserver import children, cpu_seconds, free_port, moto_process, redis_server, worker_process
 
 from . import corpus as corpora
 from .runner import child_env, settle
@@ -86,12 +86,6 @@ def serving(module: str, endpoint: str, env: dict[str, str]) -> Iterator[Server]
             proc.wait()
 
 
-def pool_processes(worker_pid: int) -> list[int]:
-    """The prefork pool's processes: the worker's children."""
-    with open(f"/proc/{worker_pid}/task/{worker_pid}/children") as f:
-        return [int(p) for p in f.read().split()]
-
-
 def memory(pid: int) -> dict[str, int]:
     """``VmRSS`` (now) and ``VmHWM`` (peak) of ``pid``, in bytes."""
     out: dict[str, int] = {}
@@ -131,7 +125,7 @@ class Bench:
     def own_cpu(self, contender: str) -> float:
         """CPU seconds the contender's processes have used so far: the worker and its pool for bucketzip."""
         if contender == "bucketzip":
-            return sum(cpu_seconds(pid) for pid in [self.worker_pid, *pool_processes(self.worker_pid)])
+            return sum(cpu_seconds(pid) for pid in [self.worker_pid, *children(self.worker_pid)])
         return cpu_seconds(self.servers[contender].proc.pid)
 
     def spec(self, c: corpora.Corpus, key: str) -> dict[str, Any]:
@@ -304,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         # A pool process's first job, once the worker has settled (started long before the job, as in service):
         # one tiny job on each at once. Only the engine's own time is kept; the producer's first submit, which
         # opens its own connections, is not the worker's.
-        for pid in pool_processes(worker.pid):
+        for pid in children(worker.pid):
             settle(pid)
         first = client.submit_many([b.spec(tiny, f"first/{i}.zip") for i in range(args.concurrency)])
         record["first_jobs"] = [float(h.wait(timeout=args.timeout)["duration"]) for h in first.accepted]
@@ -320,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         rss: list[dict[str, Any]] = []
 
         def sample(phase: str) -> None:
-            rss.append({"phase": phase, **{str(p): memory(p) for p in pool_processes(worker.pid)}})
+            rss.append({"phase": phase, **{str(p): memory(p) for p in children(worker.pid)}})
 
         sample("warm")
         for name in names:

@@ -52,6 +52,15 @@ def stop(proc: subprocess.Popen[Any], timeout: float) -> None:
         proc.wait()
 
 
+def children(pid: int) -> list[int]:
+    """The pids of ``pid``'s children (a worker's pool processes), none if it is gone (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (Linux /proc)."""
     with open(f"/proc/{pid}/stat") as f:

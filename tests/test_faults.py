@@ -30,7 +30,7 @@ import redis
 
 from bucketzip.client import Client
 from bucketzip.config import Settings
-from bucketzip.devserver import free_port, redis_process, worker_process
+from bucketzip.devserver import children, free_port, redis_process, worker_process
 from bucketzip.registry import CANCELLED, FAILED, RUNNING, SUCCEEDED, TERMINAL, Job, Registry
 from bucketzip.tasks import sweep_uploads
 from bucketzip.worker import TASK_NAME
@@ -105,14 +105,6 @@ class Workers:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child, signal.SIGCONT)
         self.stack.close()
-
-
-def children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
 
 
 def parent(pid: int) -> int:

@@ -18,7 +18,7 @@ import pytest
 import bucketzip.worker
 from bucketzip.client import Client
 from bucketzip.config import Settings
-from bucketzip.devserver import port_open, worker_process
+from bucketzip.devserver import children, port_open, worker_process
 from bucketzip.errors import JobTimedOut
 from bucketzip.registry import FAILED, SUCCEEDED, TERMINAL, Registry
 from bucketzip.tasks import sweep_uploads
@@ -201,8 +201,7 @@ def test_each_pool_process_makes_its_stores_before_its_first_job(
             return found if len(found) == 2 else set()
 
         ready_pids = wait_until(ready, "both pool processes to make their stores", 60)
-        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
-            assert ready_pids == {int(p) for p in f.read().split()}  # the pool's processes, before any job
+        assert ready_pids == set(children(proc.pid))  # the pool's processes, before any job
         result = client.submit(corpus_spec(bucket, out)).wait(60)
     assert result["entries"] == 2
     fetch_archive(s3, out, "out.zip", files)
