@@ -152,7 +152,9 @@ class _Entry:
     zip64: bool
     offset: int
     descriptor: bool  # sizes and CRC-32 after the data (streamed DEFLATE), else in the local header
-    declared: tuple[int, int] | None = None  # (crc-32, size) a streamed STORED entry declared up front
+    # (crc-32, size) the data must have: a streamed STORED entry's header declares them; a DEFLATE entry may be
+    # given them (a source's checksum) and is checked the same way, though its descriptor carries its own.
+    declared: tuple[int, int] | None = None
     crc: int = 0
     compressed: int = 0
     uncompressed: int = 0
@@ -207,7 +209,8 @@ class ZipWriter:
         size: int | None = None,
         crc32: int | None = None,
     ) -> bytes:
-        """Start a streamed entry of ``size`` bytes. ``crc32`` (with ``size``) lets it be STORED."""
+        """Start a streamed entry of ``size`` bytes. ``crc32`` (with ``size``) lets it be STORED; either way, with
+        both given, ``end`` checks the data against them (``EntryMismatch``)."""
         self._check_begin(name)
         self._pending = (name, modified, method, size, crc32)
         return b""
@@ -230,8 +233,9 @@ class ZipWriter:
         return self._emit(out + data)
 
     def end(self) -> bytes:
-        """Close the current entry: flush the compressor and write its data descriptor (DEFLATE), or check
-        the data against the CRC-32 and size its header declared (STORE)."""
+        """Close the current entry: check the data against the CRC-32 and size declared for it, if any (always
+        for STORE: its header declared them), then for DEFLATE flush the compressor and write the data
+        descriptor."""
         out = self._open(b"") if self._current is None else b""
         entry = self._current
         assert entry is not None
@@ -241,8 +245,9 @@ class ZipWriter:
                 raise EntryMismatch(
                     entry.name.decode(),
                     f"read {entry.uncompressed} bytes with CRC-32 {entry.crc:08x}, "
-                    f"but its header declares {size} bytes with CRC-32 {crc:08x}",
+                    f"but {size} bytes with CRC-32 {crc:08x} were declared",
                 )
+        if not entry.descriptor:
             self._entries.append(entry)
             self._current = None
             return self._emit(out)
@@ -351,6 +356,8 @@ class ZipWriter:
             self._current, self._compressor = entry, None
             return _local_header(entry, crc, size, size)
         entry = _Entry(encoded, not name.isascii(), modified, DEFLATE, may_need_zip64(size), self._offset, True)
+        if size is not None and crc is not None:
+            entry.declared = (crc, size)
         self._current = entry
         self._compressor = self._make_compressor(self._level)
         return _local_header(entry, 0, 0, 0)  # crc-32 and sizes: in the data descriptor

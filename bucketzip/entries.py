@@ -10,7 +10,8 @@ A STORED entry declares its CRC-32 and sizes in its local header (streaming read
   store's full-object checksum when it keeps one (S3's ChecksumCRC32, which the GET itself says when asked;
   else ``Store.checksum``), else from a first read of the whole object, after which the object is read again
   for the archive. The writer checks the bytes against the declared CRC-32 either way, so an object that
-  changed fails the job instead of the archive.
+  changed fails the job instead of the archive. A DEFLATE entry whose GET said the store's checksum is checked
+  against it too: that is the only check of those bytes against the store's (botocore does not repeat it).
 
 Memory stays bounded: the first read keeps no bytes, only the running CRC-32.
 """
@@ -29,7 +30,8 @@ from .stores.base import Store
 
 @dataclass(frozen=True)
 class Plan:
-    """How a streamed entry is written: its method, and for STORE the CRC-32 its header declares."""
+    """How a streamed entry is written: its method, and the CRC-32 its data must have: for STORE the one its
+    header declares; for DEFLATE the store's checksum, when its GET said one (the writer checks it at the end)."""
 
     method: Literal["store", "deflate"]
     crc32: int | None = None
@@ -87,13 +89,15 @@ class EntryReader:
             first = await anext(aiter(chunks), b"")  # the read's answer, and its checksum, come with it
             if method == "auto":
                 method = resolve_method(entry.name, method, self.level, first)
-            crc = None
-            if method == "store":
+            # The GET's checksum, when it said one, is checked by the writer against the bytes (botocore does
+            # not check them: see S3Store.read), whether the entry is then stored or deflated.
+            crc = answered[0] if answered else None
+            if method == "store" and crc is None:
                 # A store may keep a checksum its GET does not say (or none, as for a multipart upload's
                 # object): a HEAD is still cheaper than the second read that would otherwise follow.
-                crc = answered[0] if answered and answered[0] is not None else await store.checksum(obj)
+                crc = await store.checksum(obj)
             if method == "deflate" or crc is not None:
-                self.plans[i] = Plan("deflate") if method == "deflate" else Plan("store", crc)
+                self.plans[i] = Plan("deflate", crc) if method == "deflate" else Plan("store", crc)
                 if first:
                     yield first
                 async for chunk in chunks:

@@ -18,6 +18,8 @@ Faults (``Rule.fault``):
   gone by then, drop it without forwarding, as a request that never left a dead process.
 - ``stall_response``: forward, then hold the answer until released: the store has acted, the client does not
   know yet.
+- ``corrupt``: forward, then answer with one bit of the body flipped halfway through, headers as the server sent
+  them (a checksum header among them): bytes damaged on the way.
 
 A CompleteMultipartUpload of an upload already completed is answered ``404 NoSuchUpload`` without reaching the
 server, as MinIO does (moto would complete it again and, in a versioned bucket, publish a second version).
@@ -53,7 +55,7 @@ OPERATIONS = (
     "delete",  # DeleteObject
     "other",  # buckets, versioning, anything else
 )
-FAULTS = ("error", "reset", "truncate", "error_body", "lose_response", "stall", "stall_response")
+FAULTS = ("error", "reset", "truncate", "error_body", "lose_response", "stall", "stall_response", "corrupt")
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "proxy-connection", "te", "upgrade"}
 
 
@@ -269,6 +271,9 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                     return None
             if fault == "truncate":
                 return self._send(ex, status, headers, data, truncate=True)
+            if fault == "corrupt" and data:
+                middle = len(data) // 2
+                data = data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1 :]
             return self._send(ex, status, headers, data)
 
         def _read_body(self) -> bytes:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from bucketzip.archive import EntryMismatch, Member, ZipWriter, size_bound, stream_zip
+from bucketzip.archive import EntryMismatch, Member, Method, ZipWriter, size_bound, stream_zip
 from tests.helpers import check_zip_bytes
 
 T0 = datetime(2024, 11, 3, 14, 7, 59, tzinfo=UTC)
@@ -161,20 +161,27 @@ def test_streamed_store_needs_its_crc_up_front_and_auto_deflates_without_it() ->
     assert info.compress_type == zipfile.ZIP_DEFLATED
 
 
+@pytest.mark.parametrize("method", ["store", "deflate"])
 @pytest.mark.parametrize(
     ("declared", "match"),
     [
         ((1, 100_000), "CRC-32 00000001"),  # wrong CRC-32
         (("crc", 99_999), "more than the 99999 bytes"),  # longer than declared
-        (("crc", 100_001), "declares 100001 bytes"),  # shorter than declared
+        (("crc", 100_001), "but 100001 bytes with CRC-32 [0-9a-f]{8} were declared"),  # shorter than declared
     ],
 )
-def test_streamed_stored_entry_is_checked_against_its_header(declared: tuple[object, int], match: str) -> None:
+def test_streamed_entry_is_checked_against_what_was_declared(
+    method: Method, declared: tuple[object, int], match: str
+) -> None:
+    """A STORED entry's header declares its CRC-32 and size; a DEFLATE entry given them (its source's checksum)
+    is checked against them the same way, though its data descriptor says its own."""
     body = os.urandom(100_000)
     crc = zlib.crc32(body) if declared[0] == "crc" else declared[0]
     assert isinstance(crc, int)
     with pytest.raises(EntryMismatch, match=match):
-        build([Member("a.bin", T0, streamed(body), "store", declared[1], crc)])
+        build([Member("a.bin", T0, streamed(body), method, declared[1], crc)])
+    # What was declared, and true, passes either way.
+    check_zip_bytes(build([Member("a.bin", T0, streamed(body), method, len(body), zlib.crc32(body))]), {"a.bin": body})
 
 
 @pytest.mark.parametrize(

@@ -119,7 +119,8 @@ class Store(Protocol):
 
         A store that can say with the same request what ``checksum`` would (S3's GET with ``ChecksumMode``)
         calls ``on_checksum`` with it once, before the first chunk; a STORED entry then needs no request of its
-        own for its CRC-32. A store that cannot does not call it."""
+        own for its CRC-32. A store that cannot does not call it. The caller that asks checks the bytes against
+        the answer: the store need not."""
         ...
 
     async def checksum(self, obj: ObjectInfo) -> int | None:
