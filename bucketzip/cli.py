@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import sys
 import time
 from typing import IO, Any, NoReturn
@@ -88,6 +90,31 @@ class _Main(click.Group):
 @click.group(cls=_Main)
 def main() -> None:
     """bucketzip: zip many S3 objects into one archive in S3."""
+
+
+def entry() -> NoReturn:
+    """The ``bucketzip`` program (and ``python -m bucketzip``): ``main``, then leave at once.
+
+    When a command is done, its output is flushed and the exit handlers run (logging's among them), then the
+    process ends without the interpreter's teardown: freeing every module and object of the S3 SDKs took
+    ~140 ms after ``bucketzip run`` had printed its result, about a sixth of a small job's run. Every thread
+    still there is idle by then (the job's pools; the reads' event loop). Called as a library (click's
+    ``CliRunner``), ``main`` returns or raises as usual."""
+    try:
+        main()
+    except SystemExit as stop:
+        code = stop.code
+        run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)
+        if not (code is None or isinstance(code, int)) or run_exitfuncs is None:
+            raise  # a message to print (sys.exit("...")), or no way to run the handlers: the usual exit
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):  # a closed pipe: what the usual exit would meet too
+            code = code or 1
+        run_exitfuncs()
+        os._exit(code or 0)
+    raise SystemExit(0)  # main() returns only when click is told not to exit: not here
 
 
 @main.command()

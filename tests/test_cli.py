@@ -123,3 +123,31 @@ def test_missing_object_exits_1_naming_it(
     assert f"s3://{b}/docs/gone.txt" in r.stderr and "not found" in r.stderr
     assert "Traceback" not in r.stderr
     assert sorted(keys(s3, b)) == sorted(objects) and open_uploads(s3, b) == []
+
+
+LEAVING = """
+import atexit, sys
+
+class Late:
+    def __del__(self):
+        print("torn down", flush=True)
+
+late = Late()  # freed in the interpreter's teardown, if there is one
+atexit.register(lambda: print("exit handlers ran", flush=True))
+sys.argv = ["bucketzip", *sys.argv[1:]]
+from bucketzip.cli import entry
+entry()
+"""
+
+
+@pytest.mark.parametrize(("args", "code", "shown"), [(["--help"], 0, "Usage:"), (["run", "/no/such.json"], 2, "")])
+def test_the_program_leaves_without_the_interpreters_teardown(args: list[str], code: int, shown: str) -> None:
+    """Once a command is done the program flushes its output, runs the exit handlers and ends, keeping the
+    exit code, without the teardown that freed the SDKs' objects (~140 ms after `run` printed its result)."""
+    r = subprocess.run([sys.executable, "-c", LEAVING, *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == code, r.stderr
+    assert shown in r.stdout
+    assert "exit handlers ran" in r.stdout
+    assert "torn down" not in r.stdout
+    if code:
+        assert r.stderr.startswith("bucketzip: error:") and r.stderr.count("\n") == 1, r.stderr
