@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from .allocator import release_memory, tune_allocator
 from .archive import EntryMismatch, ZipWriter, may_need_zip64
 from .archived import settle
+from .buffers import Spares
 from .config import MAX_PARTS, MiB, Settings
 from .deflate import parallel_deflate
 from .entries import EntryReader
@@ -171,6 +172,10 @@ async def build_archive(
     skipped = [{"url": u, "reason": "not found"} for u in sel.missing] + sel.skipped
 
     part_size = part_size_for(sel, settings)
+    # Part buffers go from the ZIP stage to the sink and, once uploaded, back (buffers.py). Two spares: the
+    # parts whose uploads end while the stage fills one. On the mixed job, keeping 1, 2 or 4 left 84k, 70k and
+    # 69k page faults (136k with none), at a peak RSS of 127-130, 127-129 and 131-132 MiB (127 with none).
+    spares = Spares(part_size, keep=2)
     options = SinkOptions(
         storage_class=spec.storage_class,
         metadata=dict(spec.metadata),
@@ -183,13 +188,16 @@ async def build_archive(
         if_match=prior.etag if publication is not None and prior is not None else None,
         description=spec.description or default_description(spec),
         size_hint=sel.input_bytes,
+        recycle=spares.give,
     )
     tracker = _Tracker(sel, settings.progress_interval, on_progress)
     level = settings.compression_level if spec.compression_level is None else spec.compression_level
     sink = await dest_store.open_sink(spec.destination, options)
     try:
         entries = zip64_not_first(sel.entries)
-        written = await _pipeline(entries, spec, settings, stores, sink.write, level, part_size, tracker, skipped)
+        written = await _pipeline(
+            entries, spec, settings, stores, sink.write, level, part_size, tracker, skipped, spares.take
+        )
         result = JobResult(
             destination=spec.destination.url,
             size=0,
@@ -293,6 +301,7 @@ async def _pipeline(
     part_size: int,
     tracker: _Tracker,
     skipped: list[dict[str, str]],
+    new_block: Callable[[], bytearray] | None = None,
 ) -> list[Entry]:
     written: list[Entry] = []
     reader = EntryReader(entries, stores, settings.chunk_size, spec.compression, level)
@@ -302,7 +311,11 @@ async def _pipeline(
     writer = ZipWriter(level, parallel_deflate(pool, 2 * threads)) if pool else ZipWriter(level)
     # With the allocator tuned (BUCKETZIP_MALLOC_ARENA_MAX), hand freed heap pages back after each part.
     stage = ZipStage(
-        writer, emit, block=part_size, after_block=release_memory if settings.malloc_arena_max > 0 else None
+        writer,
+        emit,
+        block=part_size,
+        after_block=release_memory if settings.malloc_arena_max > 0 else None,
+        new_block=new_block,
     )
     try:
         ahead = Prefetcher(range(len(entries)), reader.read, settings.read_buffer, settings.read_concurrency)

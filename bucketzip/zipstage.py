@@ -31,11 +31,14 @@ class ZipStage:
         block: int,
         depth: int = 8,
         after_block: Callable[[], object] | None = None,
+        new_block: Callable[[], bytearray] | None = None,
     ) -> None:
         self._writer = writer
         self._emit = emit
         self._block = block
         self._after_block = after_block  # called on this stage's thread after each block is handed over
+        # A buffer of ``block`` bytes to fill (any content: it is overwritten whole before it is handed over).
+        self._new_block = new_block or (lambda: bytearray(block))
         self._loop = asyncio.get_running_loop()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._depth = depth
@@ -141,7 +144,7 @@ class ZipStage:
         view = memoryview(data)
         while view:
             if self._part is None:
-                self._part = bytearray(self._block)
+                self._part = self._new_block()
             take = min(len(view), self._block - self._filled)
             self._part[self._filled : self._filled + take] = view[:take]
             self._filled += take

@@ -75,6 +75,9 @@ class SinkOptions:
     # About how many bytes will be written, when known (the input's size): a sink that will clearly need a
     # multipart upload starts it at once, while the first objects are still being read.
     size_hint: int | None = None
+    # Called with each whole part's buffer (a bytearray of ``part_size`` bytes) once its upload is over, so that
+    # the writer can fill it again (buffers.Spares).
+    recycle: Callable[[bytearray], None] | None = None
 
 
 JOB_TAG, RUN_TAG = "bucketzip-job", "bucketzip-run"  # the metadata keys of SinkOptions.tag

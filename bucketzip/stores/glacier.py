@@ -193,7 +193,7 @@ class GlacierSink(PartedSink):
     def __init__(
         self, client: Any, pool: ThreadPoolExecutor, dest: Location, options: SinkOptions, part_size: int
     ) -> None:
-        super().__init__(pool, dest, part_size, options.concurrency)
+        super().__init__(pool, dest, part_size, options.concurrency, options.recycle)
         self.client, self.options = client, options
         self.vault = dest.bucket
         self._offset = 0  # where the next part starts

@@ -42,8 +42,16 @@ def abort_retrying(abort: Callable[[], Any], gone: frozenset[str], url: str) -> 
 class PartedSink:
     """A sink's part machinery; subclasses define ``_submit(part)`` (which calls ``_spawn``)."""
 
-    def __init__(self, pool: ThreadPoolExecutor, dest: Location, part_size: int, concurrency: int) -> None:
+    def __init__(
+        self,
+        pool: ThreadPoolExecutor,
+        dest: Location,
+        part_size: int,
+        concurrency: int,
+        recycle: Callable[[bytearray], None] | None = None,
+    ) -> None:
         self.pool, self.dest, self.part_size = pool, dest, part_size
+        self._recycle = recycle  # takes back a whole part's bytearray once its upload is over
         self.upload_id: str | None = None
         self._buffer = bytearray()
         self._size = 0
@@ -81,20 +89,22 @@ class PartedSink:
     async def _submit(self, part: bytes | bytearray) -> None:
         raise NotImplementedError
 
-    async def _spawn(self, upload: Callable[..., None], *args: Any) -> None:
-        """Run ``upload(*args)`` on the pool once a slot is free; its failure is kept for ``_check``."""
+    async def _spawn(self, upload: Callable[[int, bytes | bytearray], None], at: int, part: bytes | bytearray) -> None:
+        """Run ``upload(at, part)`` on the pool once a slot is free; its failure is kept for ``_check``."""
         await self._slots.acquire()
         if self._failure is not None:
             self._slots.release()
             raise self._failure
         loop = asyncio.get_running_loop()
-        future = self.pool.submit(upload, *args)
+        future = self.pool.submit(upload, at, part)
         self._inflight.add(future)
-        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._uploaded, f))
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._uploaded, f, part))
 
-    def _uploaded(self, future: Future[None]) -> None:  # back on the loop
+    def _uploaded(self, future: Future[None], part: bytes | bytearray) -> None:  # back on the loop
         self._inflight.discard(future)
         self._slots.release()
+        if self._recycle is not None and isinstance(part, bytearray):
+            self._recycle(part)  # the upload is over (done, failed or never started): nobody reads it now
         exc = future.exception() if not future.cancelled() else None
         if exc is not None and self._failure is None:
             self._failure = translate(exc, self.dest.url, "write")

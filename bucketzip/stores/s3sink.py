@@ -55,7 +55,7 @@ class S3Sink(PartedSink):
     EARLY_CREATE_PARTS = 2  # a hint this many parts or more: the input may compress, but not below one part
 
     def __init__(self, client: Any, pool: ThreadPoolExecutor, dest: Location, options: SinkOptions) -> None:
-        super().__init__(pool, dest, options.part_size, options.concurrency)
+        super().__init__(pool, dest, options.part_size, options.concurrency, options.recycle)
         self.client, self.options = client, options
         self._parts: dict[int, str] = {}
         self._numbered = 0  # part numbers handed out so far
