@@ -39,6 +39,7 @@ class Context:
     workdir: Path  # key lists and specs
     timeout: float
     server_pid: int | None = None  # our own moto server: its CPU time is measured around every run
+    python: str = sys.executable  # the interpreter every contender runs on (--python)
 
 
 @dataclass
@@ -64,15 +65,15 @@ def compile_bytecode() -> None:
         compileall.compile_dir(package, quiet=1)
 
 
-def _bucketzip_command() -> list[str]:
-    script = Path(sys.executable).parent / "bucketzip"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "bucketzip"]
+def _bucketzip_command(python: str = sys.executable) -> list[str]:
+    script = Path(python).parent / "bucketzip"
+    return [str(script)] if script.exists() else [python, "-m", "bucketzip"]
 
 
 def _argv(ctx: Context, c: corpora.Corpus, contender: str, dest: str, keys: Path, out_bytes: int) -> list[str]:
     if contender == "naive":
         return [
-            sys.executable,
+            ctx.python,
             "-m",
             "bench.naive",
             "--endpoint",
@@ -84,11 +85,11 @@ def _argv(ctx: Context, c: corpora.Corpus, contender: str, dest: str, keys: Path
         ]
     if contender == "bound":
         sink = ["--write-to", dest, "--write-bytes", str(out_bytes)]
-        return [sys.executable, "-m", "bench.bound", "--endpoint", ctx.endpoint, "--keys-file", str(keys), *sink]
+        return [ctx.python, "-m", "bench.bound", "--endpoint", ctx.endpoint, "--keys-file", str(keys), *sink]
     spec = {"sources": [{"url": f"s3://{ctx.bucket}/{c.prefix}"}], "destination": dest, "compression": "auto"}
     spec_file = ctx.workdir / f"{c.name}-spec.json"
     spec_file.write_text(json.dumps(spec))
-    return [*_bucketzip_command(), "run", str(spec_file)]
+    return [*_bucketzip_command(ctx.python), "run", str(spec_file)]
 
 
 def bench_corpus(ctx: Context, c: corpora.Corpus, contenders: list[str], runs: int) -> list[Outcome]:
