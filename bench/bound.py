@@ -5,21 +5,17 @@ an archive's worth of bytes. No archiver can beat the slower of the two.
 
 Reads are whole-object GETs, READERS at a time, bodies streamed and dropped. The write is a multipart upload
 of bytes already in memory, PART_SIZE parts with WRITERS in flight (bucketzip's defaults), completed and then
-deleted; an archive that fits in one part is one PUT. Like bucketzip's, the upload declares CRC32 and sends each
-part's (moto's Complete then skips a checksum of its own over the whole archive). Prints a JSON summary on
-stdout. With ``--serve`` it stays up (one client, its connections warm) and answers one JSON request a line on
-stdin, for bench.warm.
+deleted; an archive that fits in one part is one PUT. Prints a JSON summary on stdout. With ``--serve`` it
+stays up (one client, its connections warm) and answers one JSON request a line on stdin, for bench.warm.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import sys
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -47,28 +43,21 @@ def read_all(s3: Any, urls: list[str]) -> int:
         return sum(pool.map(get, urls))
 
 
-def _crc32(data: bytes) -> str:
-    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
-
-
 def write(s3: Any, url: str, size: int) -> float:
     """Upload ``size`` bytes to ``url``; return the seconds CompleteMultipartUpload took (the server joins the
     parts into one object then, after the last byte is sent: moto copies the whole archive)."""
     bucket, key = _split(url)
     part = os.urandom(PART_SIZE)
     if size <= PART_SIZE:  # what fits in one part is one PUT (as bucketzip does): no upload to complete
-        body = part[:size]
-        s3.put_object(Bucket=bucket, Key=key, Body=body, ChecksumAlgorithm="CRC32", ChecksumCRC32=_crc32(body))
+        s3.put_object(Bucket=bucket, Key=key, Body=part[:size])
         return 0.0
-    upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="CRC32")["UploadId"]
-    whole = _crc32(part)  # every full part is the same bytes
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
 
     def put(number: int) -> dict[str, Any]:
         start = (number - 1) * PART_SIZE
         body = part if size - start >= PART_SIZE else part[: size - start]
-        crc = whole if body is part else _crc32(body)
-        r = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body, ChecksumCRC32=crc)
-        return {"PartNumber": number, "ETag": r["ETag"], "ChecksumCRC32": crc}
+        r = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)
+        return {"PartNumber": number, "ETag": r["ETag"]}
 
     try:
         with ThreadPoolExecutor(WRITERS) as pool:

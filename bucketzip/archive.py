@@ -88,7 +88,7 @@ def raw_deflate(level: int, zdict: bytes = b"") -> Any:
     return zlib.compressobj(level, zlib.DEFLATED, -15, *primed)
 
 
-crc32: Callable[[bytes | bytearray | memoryview, int], int] = _isal.crc32 if _isal is not None else zlib.crc32
+crc32: Callable[[bytes, int], int] = _isal.crc32 if _isal is not None else zlib.crc32
 
 
 def choose_method(name: str, method: Method) -> Method:

@@ -103,9 +103,6 @@ class Settings:
     # Use a source's full-object CRC-32 checksum (S3's ChecksumCRC32) for a STORED entry, which must declare
     # its CRC-32 before its data; without one, such an object is read twice (see entries.py).
     source_checksums: bool = field(default=True, metadata={"parse": _bool})
-    # Send the archive's CRC-32 with every part (and with a one-PUT archive) and declare it on the multipart
-    # upload: the store checks each part as it arrives and keeps the archive's checksum (see s3sink.py).
-    archive_checksums: bool = field(default=True, metadata={"parse": _bool})
 
     # --- limits on a job (a job over one is invalid before any byte is written) ---
     max_entries: int = field(default=100_000, metadata={"parse": int})

@@ -189,7 +189,6 @@ async def build_archive(
         description=spec.description or default_description(spec),
         size_hint=sel.input_bytes,
         recycle=spares.give,
-        checksums=settings.archive_checksums,
     )
     tracker = _Tracker(sel, settings.progress_interval, on_progress)
     level = settings.compression_level if spec.compression_level is None else spec.compression_level

@@ -3,7 +3,6 @@ guarantee (any failure leaves no object and no in-progress multipart upload)."""
 
 from __future__ import annotations
 
-import base64
 import os
 import random
 import signal
@@ -23,7 +22,6 @@ from bucketzip.errors import InvalidJob, JobCancelled, LimitExceeded, SourceChan
 from bucketzip.selection import Entry, Selection
 from bucketzip.spec import Location, check_entry_name
 from bucketzip.stores.base import ObjectInfo
-from bucketzip.stores.s3sink import crc32_header
 from tests.helpers import fetch_archive, keys, open_uploads
 
 MiB = 2**20
@@ -544,34 +542,6 @@ def test_a_job_fills_the_same_few_part_buffers_again(
     # The parts in flight (upload_concurrency), the one being filled, one handed over and waiting for a slot,
     # and the two spares at most: never a new buffer per part.
     assert 1 <= len(made) <= settings.upload_concurrency + 4 < result.parts, made
-
-
-@pytest.mark.parametrize("checksums", [True, False])
-def test_the_archive_goes_with_its_crc32s(
-    make_bucket: Callable[[], str], put: Put, s3: Any, settings: Settings, checksums: bool
-) -> None:
-    """Every part is sent with its CRC-32 and the upload declares CRC32, so the store checks each part and keeps
-    the archive's checksum (COMPOSITE: of the parts' CRC-32s); a one-PUT archive keeps its own CRC-32.
-    BUCKETZIP_ARCHIVE_CHECKSUMS=false sends none, for a store that refuses them."""
-    b = make_bucket()
-    rng = random.Random(3)
-    objects = {f"in/{i}.bin": rng.randbytes(4 * MiB) for i in range(3)}
-    put(b, {**objects, "small/a.txt": b"hello"})
-    settings = settings.replace(part_size=5 * MiB, archive_checksums=checksums)
-    big = run_job({"sources": [f"s3://{b}/in/"], "destination": f"s3://{b}/big.zip"}, settings)
-    small = run_job({"sources": [f"s3://{b}/small/"], "destination": f"s3://{b}/small.zip"}, settings)
-    assert big.parts == 3 and small.parts == 1
-    fetch_archive(s3, b, "big.zip", {k.removeprefix("in/"): v for k, v in objects.items()})
-    kept = s3.get_object_attributes(Bucket=b, Key="big.zip", ObjectAttributes=["Checksum"]).get("Checksum", {})
-    whole = s3.head_object(Bucket=b, Key="small.zip", ChecksumMode="ENABLED")
-    if checksums:
-        body = s3.get_object(Bucket=b, Key="big.zip")["Body"].read()
-        cuts = [body[i : i + 5 * MiB] for i in range(0, len(body), 5 * MiB)]
-        of_parts = b"".join(base64.b64decode(crc32_header(c)) for c in cuts)  # each part's CRC-32, as sent
-        assert kept == {"ChecksumCRC32": crc32_header(of_parts), "ChecksumType": "COMPOSITE"}
-        assert whole["ChecksumCRC32"] == crc32_header(s3.get_object(Bucket=b, Key="small.zip")["Body"].read())
-    else:
-        assert kept.get("ChecksumType") != "COMPOSITE" and "ChecksumCRC32" not in whole
 
 
 def test_the_upload_is_created_while_the_first_objects_are_read(

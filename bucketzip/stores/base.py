@@ -78,8 +78,6 @@ class SinkOptions:
     # Called with each whole part's buffer (a bytearray of ``part_size`` bytes) once its upload is over, so that
     # the writer can fill it again (buffers.Spares).
     recycle: Callable[[bytearray], None] | None = None
-    # Send a CRC-32 of every part (and of a one-PUT archive) for the store to check (Settings.archive_checksums).
-    checksums: bool = False
 
 
 JOB_TAG, RUN_TAG = "bucketzip-job", "bucketzip-run"  # the metadata keys of SinkOptions.tag

@@ -9,22 +9,11 @@ A CreateMultipartUpload whose answer is lost (botocore then retries it and a sec
 call fails after the server made one, or the job is cancelled while it is in flight) would leave an upload
 nobody knows the id of. The sink looks for such uploads on its key and aborts them (``_abort_lost``): the
 destination is locked for the job, so an upload on the same key that is not the job's own is garbage.
-
-With ``options.checksums`` (``BUCKETZIP_ARCHIVE_CHECKSUMS``, on by default) every part goes with its CRC-32
-(``x-amz-checksum-crc32``, ISA-L's, ~10 GB/s) and the multipart upload is created with ``ChecksumAlgorithm=CRC32``;
-a one-PUT archive goes with its CRC-32 too. The store checks each part as it arrives and keeps the archive's
-checksum (COMPOSITE, a checksum of the parts' CRC-32s, for a multipart upload), which anyone can ask for later
-to check a download part by part. Over HTTPS botocore then sends the body unsigned (``UNSIGNED-PAYLOAD``)
-instead of hashing every part with SHA-256; over plain HTTP it still signs it. moto's CompleteMultipartUpload,
-given the parts' checksums, no longer copies the whole archive once more to compute one of its own: 1.35 s
-instead of 1.99 s for a 320 MiB archive of 40 parts. R2 and MinIO accept CRC-32 on multipart uploads; a store
-that refuses the headers needs ``BUCKETZIP_ARCHIVE_CHECKSUMS=false``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
 import logging
@@ -34,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
-from ..archive import crc32
 from ..errors import LeaseLost, TransientError, UploadFailed
 from ..spec import Location
 from .base import JOB_TAG, RUN_TAG, Published, SinkOptions, error_code, tag_metadata, translate
@@ -47,11 +35,6 @@ log = logging.getLogger(__name__)
 # store no longer knows the (completed) upload. The destination itself tells which.
 _CHECK_DESTINATION = {"PreconditionFailed", "412", "NoSuchUpload", "ConditionalRequestConflict"}
 _UNSUPPORTED = {"NotImplemented", "501"}  # a store without conditional writes
-
-
-def crc32_header(data: bytes | bytearray) -> str:
-    """``data``'s CRC-32 as S3 takes it (``ChecksumCRC32``): the 4 bytes big-endian, in base64."""
-    return base64.b64encode(crc32(data, 0).to_bytes(4, "big")).decode()
 
 
 def abort_upload(client: Any, bucket: str, key: str, upload_id: str) -> None:
@@ -74,7 +57,7 @@ class S3Sink(PartedSink):
     def __init__(self, client: Any, pool: ThreadPoolExecutor, dest: Location, options: SinkOptions) -> None:
         super().__init__(pool, dest, options.part_size, options.concurrency, options.recycle)
         self.client, self.options = client, options
-        self._parts: dict[int, dict[str, str]] = {}  # part number -> its ETag (and CRC-32), for the commit
+        self._parts: dict[int, str] = {}
         self._numbered = 0  # part numbers handed out so far
         self._created: asyncio.Task[None] | None = None  # the CreateMultipartUpload, once sent
         hint = options.size_hint
@@ -114,9 +97,8 @@ class S3Sink(PartedSink):
     async def _create(self) -> None:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        checksum = {"ChecksumAlgorithm": "CRC32"} if self.options.checksums else {}
         call = loop.run_in_executor(
-            self.pool, functools.partial(self.client.create_multipart_upload, **self._object_args(), **checksum)
+            self.pool, functools.partial(self.client.create_multipart_upload, **self._object_args())
         )
         try:
             r = await asyncio.shield(call)  # cancelled, we stop waiting, but the create goes on: see below
@@ -183,16 +165,10 @@ class S3Sink(PartedSink):
             log.warning("could not abort upload %s of %s (%s); it is left for the sweep", upload_id, self.dest.url, exc)
 
     def _upload(self, number: int, part: bytes | bytearray) -> None:  # on a pool thread
-        checksum = {"ChecksumCRC32": crc32_header(part)} if self.options.checksums else {}
         r = self.client.upload_part(
-            Bucket=self.dest.bucket,
-            Key=self.dest.key,
-            UploadId=self.upload_id,
-            PartNumber=number,
-            Body=part,
-            **checksum,
+            Bucket=self.dest.bucket, Key=self.dest.key, UploadId=self.upload_id, PartNumber=number, Body=part
         )
-        self._parts[number] = {"ETag": r["ETag"], **checksum}
+        self._parts[number] = r["ETag"]
 
     def _conditions(self) -> dict[str, str]:
         if self.options.if_none_match:
@@ -202,20 +178,14 @@ class S3Sink(PartedSink):
     async def commit(self) -> Published:
         self._check()
         if self.upload_id is None and self._created is None:
-            # The algorithm named as well: some stores (moto) keep a PUT's checksum only when it is.
-            checksum = (
-                {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": crc32_header(self._buffer)}
-                if self.options.checksums
-                else {}
-            )
-            publish = functools.partial(self.client.put_object, Body=self._buffer, **self._object_args(), **checksum)
+            publish = functools.partial(self.client.put_object, Body=self._buffer, **self._object_args())
         else:
             await self._upload_created()
             if self._buffer:  # the final part may be smaller than the others
                 await self._submit(self._buffer)  # handed over: a new buffer replaces it
             self._buffer = bytearray()
             await self._parts_done()
-            parts = [{"PartNumber": n, **sent} for n, sent in sorted(self._parts.items())]
+            parts = [{"PartNumber": n, "ETag": e} for n, e in sorted(self._parts.items())]
             publish = functools.partial(
                 self.client.complete_multipart_upload,
                 Bucket=self.dest.bucket,
