@@ -582,13 +582,37 @@ def test_preload_imports_the_allowed_backends_and_makes_nothing() -> None:
         "from bucketzip import engine, stores\n"  # what the worker imports before it forks
         "from bucketzip.config import Settings\n"
         "stores.preload(Settings.from_env({'BUCKETZIP_ALLOWED_PROTOCOLS': 's3'}))\n"
-        "assert {'bucketzip.stores.s3', 'aiobotocore.session', 's3fs', 'boto3'} <= set(sys.modules)\n"
+        "assert {'bucketzip.stores.s3', 'aiobotocore.session', 's3fs'} <= set(sys.modules)\n"
+        "assert 'boto3' not in sys.modules  # the S3 store runs on botocore alone\n"
         "assert 'bucketzip.stores.glacier' not in sys.modules  # not allowed: not loaded\n"
         "assert threading.active_count() == 1 and not stores._stores\n"
         "import fsspec.asyn\n"
         "assert fsspec.asyn.loop[0] is None, 'the IO loop was started'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+SINK_CLIENT = """
+import sys
+from bucketzip.config import Settings
+from bucketzip.stores.s3 import CLIENT_CONFIG, boto_client
+env = {"AWS_ACCESS_KEY_ID": "AKIDGIVEN", "AWS_SECRET_ACCESS_KEY": "given-secret", "AWS_REGION": "eu-west-3"}
+client = boto_client(Settings.from_env(env), CLIENT_CONFIG)
+credentials = client._request_signer._credentials
+assert (credentials.access_key, credentials.secret_key) == ("AKIDGIVEN", "given-secret"), credentials
+assert client.meta.region_name == "eu-west-3", client.meta.region_name
+assert client.meta.config.signature_version == "s3v4"
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("boto3", "s3transfer", "multiprocessing"))
+assert not loaded, loaded
+"""
+
+
+def test_the_sinks_client_is_botocores_with_the_settings_credentials_and_no_boto3() -> None:
+    # boto3's session adds s3transfer's helpers to every S3 client it makes (and imports s3transfer, which
+    # imports multiprocessing): ~50 ms of a cold start for methods the sink never calls.
+    env = {"PATH": os.environ["PATH"], "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+    r = subprocess.run([sys.executable, "-c", SINK_CLIENT], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
 
 
 def test_warm_makes_this_process_s3_store_and_both_its_clients(settings: Settings) -> None:

@@ -77,7 +77,7 @@ def _fsspec(protocol: str, settings: Settings) -> Store:
     return FsStore(protocol)
 
 
-register("s3", _s3, ("bucketzip.stores.s3", "aiobotocore.session", "s3fs", "boto3"))
+register("s3", _s3, ("bucketzip.stores.s3", "aiobotocore.session", "s3fs"))
 register("glacier", _glacier, ("bucketzip.stores.glacier", "boto3"))
 
 _stores: dict[tuple[int, str, Settings], Store] = {}

@@ -3,7 +3,7 @@
 s3fs gives us the configured async session (credentials chain, endpoint, per-bucket regions, its event loop),
 which serves many concurrent GETs cheaply; we call the S3 API directly so that we control exactly what is sent:
 If-Match on every read and one streaming GET per object (moto, and some S3-compatibles, read the whole object for
-each ranged GET). Parts are uploaded by boto3 on threads (see ``s3sink``). Errors are translated by
+each ranged GET). Parts are uploaded by botocore's blocking client on threads (see ``s3sink``). Errors are translated by
 ``stores.base.translate``.
 """
 
@@ -120,8 +120,13 @@ def _session(session: Any) -> Any:
 
 
 def boto_client(settings: Settings, config: dict[str, Any], data_loader: Any = None) -> Any:
-    """A blocking boto3 S3 client for ``settings`` (credentials, endpoint, region) with botocore ``config``."""
-    import boto3
+    """A blocking S3 client for ``settings`` (credentials, endpoint, region) with botocore ``config``.
+
+    It is botocore's own client, the one ``boto3.client("s3")`` returns, made without boto3's session layer:
+    that layer adds to every S3 client the transfer helpers (``upload_file`` and the like, from s3transfer),
+    which the sink never calls, and importing them was ~50 ms of every cold start. Credentials, profile and
+    region take the same path boto3's session gives them: given ones if both key and secret are set, else
+    botocore's chain."""
     import botocore.session
     from botocore.config import Config
 
@@ -129,20 +134,15 @@ def boto_client(settings: Settings, config: dict[str, Any], data_loader: Any = N
     core = _session(botocore.session.Session(profile=s.profile))
     if data_loader is not None:
         core.register_component("data_loader", data_loader)
-    session = boto3.session.Session(
-        aws_access_key_id=s.access_key_id if s.secret_access_key else None,
-        aws_secret_access_key=s.secret_access_key if s.access_key_id else None,
-        aws_session_token=s.session_token if s.access_key_id else None,
-        region_name=s.region,
-        botocore_session=core,
-    )
-    return session.client("s3", endpoint_url=s.endpoint_url, config=Config(**config))
+    if s.access_key_id and s.secret_access_key:
+        core.set_credentials(s.access_key_id, s.secret_access_key, s.session_token)
+    return core.create_client("s3", region_name=s.region, endpoint_url=s.endpoint_url, config=Config(**config))
 
 
 def check(settings: Settings, timeout: float, buckets: list[str]) -> None:
     """Raise (translated) unless the endpoint answers within about ``timeout`` seconds, with no retry: list one
     key of each of ``buckets``, or else the buckets. "Denied" is an answer; bad credentials are not. Loads
-    boto3, not s3fs."""
+    botocore, not s3fs."""
     config = {**CLIENT_CONFIG, "connect_timeout": timeout, "read_timeout": timeout}
     client = boto_client(settings, {**config, "retries": {"mode": "standard", "max_attempts": 1}})
     url = "s3://"
@@ -187,7 +187,7 @@ class S3Store:
         self.pool.submit(self.boto)
 
     def warm(self) -> None:
-        """Make both clients now, not in the first job: the sink's (boto3) and the reads' (s3fs's aiobotocore
+        """Make both clients now, not in the first job: the sink's (botocore's) and the reads' (s3fs's aiobotocore
         client, on the IO loop). Blocks until both are made; sends no request."""
         import fsspec.asyn
 
@@ -195,7 +195,7 @@ class S3Store:
         fsspec.asyn.sync(self.fs.loop, self.client)
 
     def boto(self) -> Any:
-        """The blocking boto3 client the sink uploads with (made once, on first use; thread-safe)."""
+        """The blocking client the sink uploads with (made once, on first use; thread-safe)."""
         with self._boto_lock:
             if self._boto is None:
                 self._boto = self._new_boto()
