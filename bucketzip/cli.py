@@ -11,9 +11,11 @@ from typing import IO, Any, NoReturn
 
 import click
 
+from .allocator import lasting
 from .cli_errors import describe, exit_code
 from .config import Settings
 from .errors import BucketzipError, InvalidJob
+from .spec import JobSpec
 
 
 def fmt_bytes(n: float) -> str:
@@ -122,13 +124,16 @@ def entry() -> NoReturn:
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 def run(spec_file: str, quiet: bool) -> None:
     """Run one job in this process (no broker): progress on stderr, the result as JSON on stdout."""
-    from .engine import run_job  # the engine (s3fs, the ZIP writer) loads only for commands that need it
-
     printer = None if quiet else ProgressPrinter()
     try:
         settings = Settings.from_env()
+        spec = JobSpec.from_dict(load_spec(spec_file), settings)
+        with lasting():  # the modules and clients a cold run makes first last to its end: see ``lasting``
+            from .engine import prepare, run_job  # the engine (s3fs, the ZIP writer) loads only where it is needed
+
+            prepare(spec, settings)
         progress = (lambda p: printer(p.to_dict())) if printer else None
-        result = run_job(load_spec(spec_file), settings, progress, on_waiting=_waiting_printer(settings))
+        result = run_job(spec, settings, progress, on_waiting=_waiting_printer(settings))
     except BucketzipError as exc:
         if printer:
             printer.close()

@@ -30,7 +30,7 @@ from .errors import RestorePending, SourceChanged, SourceMissing
 from .prefetch import Prefetcher
 from .selection import Entry, Selection, select, sources_digest
 from .spec import JobSpec
-from .stores import ObjectInfo, Published, Sink, SinkOptions, Store, store_for
+from .stores import ObjectInfo, Published, Sink, SinkOptions, Store, store_for, warm
 from .stores.base import JOB_TAG
 from .zipstage import ZipStage
 
@@ -419,6 +419,18 @@ def run_sync(coro: Coroutine[Any, Any, T], bind: Callable[[Callable[[], None]], 
         if "value" in box:
             return box["value"]
         raise
+
+
+def prepare(spec: JobSpec, settings: Settings) -> None:
+    """Ready a process that has run no job for ``spec``: the allocator tuned, and the stores the job reads and
+    writes made, clients included, before it starts (what a worker's pool process does as it starts). Blocks;
+    sends no request. A store that fails here fails the job when it is used, with its error translated."""
+    tune_allocator(settings.malloc_arena_max)  # before the stores' threads allocate: see tune_allocator
+    protocols = {spec.destination.protocol, *(source.location.protocol for source in spec.sources)}
+    try:
+        warm(settings, protocols)
+    except Exception:
+        log.debug("the stores could not be made ahead of the job; it will meet the same error", exc_info=True)
 
 
 def run_job(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ..config import Settings
 from .base import (
@@ -104,11 +104,13 @@ def preload(settings: Settings) -> None:
             importlib.import_module(module)
 
 
-def warm(settings: Settings) -> None:
-    """Make this process's stores for the protocols ``settings`` allows, and their clients, before a job asks
-    for them: what a pool process does as it starts. Blocks; sends no request. A store whose clients fail here
-    makes them again when a job uses it, and that job meets the error."""
-    for protocol in sorted(settings.allowed_protocols & _backends.keys()):
+def warm(settings: Settings, protocols: Iterable[str] | None = None) -> None:
+    """Make this process's stores for ``protocols`` (default: every protocol ``settings`` allows), and their
+    clients, before a job asks for them: what a pool process does as it starts, and a cold run before its job.
+    Blocks; sends no request. A store whose clients fail here makes them again when a job uses it, and that job
+    meets the error."""
+    wanted = settings.allowed_protocols if protocols is None else settings.allowed_protocols & set(protocols)
+    for protocol in sorted(wanted & _backends.keys()):
         store = store_for(protocol, settings)
         make_clients = getattr(store, "warm", None)  # only stores whose clients cost something to make
         if make_clients is not None:
