@@ -65,7 +65,7 @@ def compile_bytecode() -> None:
         compileall.compile_dir(package, quiet=1)
 
 
-def _bucketzip_command(python: str = sys.executable) -> list[str]:
+def bucketzip_command(python: str = sys.executable) -> list[str]:
     script = Path(python).parent / "bucketzip"
     return [str(script)] if script.exists() else [python, "-m", "bucketzip"]
 
@@ -89,7 +89,7 @@ def _argv(ctx: Context, c: corpora.Corpus, contender: str, dest: str, keys: Path
     spec = {"sources": [{"url": f"s3://{ctx.bucket}/{c.prefix}"}], "destination": dest, "compression": "auto"}
     spec_file = ctx.workdir / f"{c.name}-spec.json"
     spec_file.write_text(json.dumps(spec))
-    return [*_bucketzip_command(ctx.python), "run", str(spec_file)]
+    return [*bucketzip_command(ctx.python), "run", str(spec_file)]
 
 
 def bench_corpus(ctx: Context, c: corpora.Corpus, contenders: list[str], runs: int) -> list[Outcome]:
