@@ -19,6 +19,7 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
+from bucketzip.config import usable_cpus
 from bucketzip.devserver import moto_process
 
 from . import corpus as corpora
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             contenders = args.wanted or (["bucketzip"] if c.rss_only else list(CONTENDERS))
             outcomes = bench_corpus(ctx, c, contenders, args.runs)
             summary = summarize(c, outcomes)
-            print(table(c, summary), flush=True)
+            print(table(c, summary, usable_cpus()), flush=True)
             record["corpora"][name] = {
                 "objects": len(c.objects),
                 "input_bytes": c.input_bytes,

@@ -1,4 +1,4 @@
-"""Run one contender as its own process and measure it from outside: wall time and peak RSS.
+"""Run one contender as its own process and measure it from outside: wall time, peak RSS and CPU time.
 
 The peak comes from ``os.wait4``, the child's own rusage. Linux folds the pre-exec address space's high-water
 mark into ``ru_maxrss``, so a child forked straight from this harness (hundreds of MiB after generating the
@@ -27,7 +27,12 @@ os.set_inheritable(fd, False)
 started = time.perf_counter()
 pid = os.posix_spawnp(argv[0], argv, os.environ)
 _, status, usage = os.wait4(pid, 0)
-report = [os.waitstatus_to_exitcode(status), time.perf_counter() - started, usage.ru_maxrss * 1024]
+report = [
+    os.waitstatus_to_exitcode(status),
+    time.perf_counter() - started,
+    usage.ru_maxrss * 1024,
+    usage.ru_utime + usage.ru_stime,
+]
 os.write(fd, json.dumps(report).encode())
 """
 
@@ -40,6 +45,7 @@ class Measured:
     stdout: str
     stderr: str
     timed_out: bool = False
+    cpu: float | None = None  # seconds of CPU, user and system, the contender's threads and children
 
     @property
     def ok(self) -> bool:
@@ -97,5 +103,5 @@ def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = Non
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     if not raw:  # the launcher itself died: killed, or could not start the contender
         return Measured(proc.returncode or -1, 0.0, 0, stdout, stderr, timed_out=killed.is_set())
-    code, seconds, peak = json.loads(raw)
-    return Measured(code, seconds, peak, stdout, stderr, timed_out=killed.is_set())
+    code, seconds, peak, cpu = json.loads(raw)
+    return Measured(code, seconds, peak, stdout, stderr, timed_out=killed.is_set(), cpu=cpu)

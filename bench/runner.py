@@ -51,6 +51,7 @@ class Outcome:
     peak_rss: int | None = None
     output_bytes: int | None = None
     server_cpu: float | None = None  # seconds of CPU the S3 server spent during the run
+    own_cpu: float | None = None  # seconds of CPU the contender's process spent
     error: str | None = None
     result: dict[str, Any] = field(default_factory=dict)
 
@@ -137,7 +138,7 @@ def settle(pid: int, quiet: float = 0.3, limit: float = 15.0) -> None:
 
 
 def _judge(ctx: Context, c: corpora.Corpus, contender: str, i: int, key: str, m: Measured, check: bool) -> Outcome:
-    outcome = Outcome(contender, i, ok=False, seconds=m.seconds, peak_rss=m.peak_rss)
+    outcome = Outcome(contender, i, ok=False, seconds=m.seconds, peak_rss=m.peak_rss, own_cpu=m.cpu)
     if not m.ok:
         why = "timed out" if m.timed_out else f"exited {m.returncode}"
         outcome.error = f"{why}; stderr:\n{m.tail()}"

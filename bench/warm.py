@@ -37,6 +37,7 @@ from bucketzip.config import Settings, usable_cpus
 from bucketzip.devserver import children, cpu_seconds, free_port, moto_process, redis_server, worker_process
 
 from . import corpus as corpora
+from .report import cpu_bound
 from .runner import child_env, settle
 from .verify import verify
 
@@ -95,16 +96,6 @@ def memory(pid: int) -> dict[str, int]:
             if name in ("VmRSS", "VmHWM"):
                 out[name] = int(value.split()[0]) * 1024
     return out
-
-
-def cpu_bound(cpu: dict[str, float], complete: float, cores: int) -> float:
-    """The least wall time in which this machine can do the CPU work a job made: the server's (moto serves on one
-    core: its GIL) and the contender's own, on ``cores``. CompleteMultipartUpload (``complete``, as the bound
-    measured it for an archive of the same size) comes after the last part, with nothing left to overlap it."""
-    if math.isnan(complete):
-        complete = 0.0
-    server = max(0.0, cpu["server"] - complete)
-    return complete + max(server, (server + cpu["own"]) / cores)
 
 
 def percentile(values: list[float], q: float) -> float:
