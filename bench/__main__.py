@@ -16,15 +16,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
-from botocore.config import Config
-
 from bucketzip.config import usable_cpus
 from bucketzip.devserver import moto_process
 
 from . import corpus as corpora
 from .report import summarize, table, write_json
-from .runner import CONTENDERS, Context, bench_corpus, child_env, compile_bytecode
+from .runner import CONTENDERS, Context, bench_corpus, child_env, compile_bytecode, harness_s3
 
 BUCKET = "bench"
 OUT_BUCKET = "bench-out"
@@ -99,17 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     with endpoint(args.endpoint) as (url, server_pid), tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         env = child_env(url, local=args.endpoint is None)
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=url,
-            region_name=env["AWS_REGION"],
-            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-            config=Config(max_pool_connections=32),
-        )
-        for bucket in (BUCKET, OUT_BUCKET):
-            with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
-                s3.create_bucket(Bucket=bucket)
+        s3 = harness_s3(url, env, (BUCKET, OUT_BUCKET), connections=32)
         ctx = Context(s3, url, env, BUCKET, OUT_BUCKET, Path(tmp), args.timeout, server_pid, args.python)
         print(f"S3 endpoint {url}; results to {results_file}", file=sys.stderr)
         for name in args.corpora:

@@ -10,6 +10,7 @@ archive is verified; every archive is deleted after its run, because moto keeps 
 from __future__ import annotations
 
 import compileall
+import contextlib
 import json
 import os
 import sys
@@ -200,3 +201,23 @@ def child_env(endpoint: str, local: bool) -> dict[str, str]:
         env.pop("AWS_SESSION_TOKEN", None)
         env.pop("AWS_PROFILE", None)
     return env
+
+
+def harness_s3(url: str, env: dict[str, str], buckets: tuple[str, ...], connections: int = 10) -> Any:
+    """The harness's own boto3 client on ``url`` (not a contender's), with the contenders' credentials and
+    region from ``env``; ``buckets`` are made if they are not there yet."""
+    import boto3
+    from botocore.config import Config
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=url,
+        region_name=env["AWS_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        config=Config(max_pool_connections=connections),
+    )
+    for bucket in buckets:
+        with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+            s3.create_bucket(Bucket=bucket)
+    return s3

@@ -11,7 +11,6 @@ ratio of each interpreter's wall times to the first's, run by run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import subprocess
@@ -20,12 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import boto3
-
 from bucketzip.devserver import moto_process
 
 from . import corpus as corpora
-from .runner import bucketzip_command, child_env, compile_bytecode, settle
+from .runner import bucketzip_command, child_env, compile_bytecode, harness_s3, settle
 
 BUCKET = "bench"
 STAMP = Path(__file__).parent / "stamp"
@@ -48,16 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     compile_bytecode()
     with moto_process() as (url, server), tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
         env = child_env(url, local=True)
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=url,
-            region_name=env["AWS_REGION"],
-            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        )
-        for bucket in (BUCKET, "bench-out"):
-            with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
-                s3.create_bucket(Bucket=bucket)
+        s3 = harness_s3(url, env, (BUCKET, "bench-out"))
         c = corpora.build(args.corpus)
         corpora.upload(s3, BUCKET, c)
         spec = Path(tmp) / "spec.json"

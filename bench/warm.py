@@ -31,14 +31,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import boto3
-
 from bucketzip.config import Settings, usable_cpus
 from bucketzip.devserver import children, cpu_seconds, free_port, moto_process, redis_server, worker_process
 
 from . import corpus as corpora
 from .report import cpu_bound
-from .runner import child_env, settle
+from .runner import child_env, harness_s3, settle
 from .verify import verify
 
 BUCKET = "bench"
@@ -265,15 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             worker_process(env, "bench", log, concurrency=args.concurrency, python=args.worker_python)
         )
         servers = {name: stack.enter_context(serving(f"bench.{name}", url, env)) for name in ("naive", "bound")}
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=url,
-            region_name=env["AWS_REGION"],
-            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        )
-        for bucket in (BUCKET, OUT_BUCKET):
-            s3.create_bucket(Bucket=bucket)
+        s3 = harness_s3(url, env, (BUCKET, OUT_BUCKET))
         from bucketzip.client import Client
 
         client = Client(Settings.from_env(env))
