@@ -71,6 +71,7 @@ def _settings(task: Task) -> Settings:
     retry_jitter=True,
     acks_late=True,
     reject_on_worker_lost=True,
+    Request="bucketzip.request:RedactingRequest",  # its task events mask the result's presigned URL
 )
 def zip_job(self: Task, spec: dict[str, Any]) -> dict[str, Any]:
     """Make the archive ``spec`` (a JobSpec dict) describes; return the JobResult dict."""

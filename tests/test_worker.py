@@ -4,10 +4,12 @@ halfway through a job, and stopped by a time limit), and RabbitMQ as the broker.
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -206,6 +208,59 @@ def test_each_pool_process_makes_its_stores_before_its_first_job(
     assert result["entries"] == 2
     fetch_archive(s3, out, "out.zip", files)
     client.close()
+
+
+def test_task_events_carry_the_result_with_its_presigned_url_masked(
+    s3: Any, make_bucket: Any, put: Any, s3_env: dict[str, str], redis_url: str, queue_prefix: str, tmp_path: Path
+) -> None:
+    """Flower shows each job's result from the workers' task-succeeded events, and a result's presigned URL is a
+    key to the archive. The event carries the URL with its signature and credential masked, as the worker's log
+    does; the result backend keeps it whole, for the producer."""
+    bucket, out = make_bucket(), make_bucket()
+    put(bucket, {"in/a.txt": b"a" * 1000})
+    env = queue_env(s3_env, redis_url, queue_prefix)
+    settings = Settings.from_env(env)
+    assert settings.task_events
+    app = make_app(settings)
+    client = Client(settings)
+    seen: queue.Queue[dict[str, Any]] = queue.Queue()
+    consuming = threading.Event()
+    with app.connection_for_read() as conn:
+        receiver = app.events.Receiver(conn, handlers={"*": seen.put})
+        receiver.on_consume_ready = lambda *args, **kwargs: consuming.set()
+        listener = threading.Thread(target=receiver.capture, kwargs={"wakeup": False}, daemon=True)
+        listener.start()
+        try:
+            assert consuming.wait(30), "the event receiver did not start"
+            log_path = tmp_path / "worker.log"
+            with open(log_path, "wb") as log, worker_process(env, f"events-{queue_prefix}", log, concurrency=1):
+                # The worker's first heartbeat: the receiver is subscribed and hears this worker.
+                wait_until(lambda: _next_event(seen, "worker-heartbeat"), "the worker's first heartbeat", 60)
+                handle = client.submit(corpus_spec(bucket, out, presign_expires=600))
+                result = handle.wait(60)
+                succeeded = wait_until(lambda: _next_event(seen, "task-succeeded"), "the job's task-succeeded", 30)
+        finally:
+            receiver.should_stop = True
+            listener.join(10)
+    signature = re.search(r"X-Amz-Signature=([0-9a-f]+)", result["url"])
+    assert signature is not None, result["url"]  # the producer's URL works
+    assert succeeded["uuid"] == handle.id
+    assert "X-Amz-Signature=**" in succeeded["result"] and "X-Amz-Credential=**" in succeeded["result"]
+    assert signature.group(1) not in succeeded["result"]
+    assert f"s3://{out}/out.zip" in succeeded["result"]  # the rest of the result is there to read
+    client.close()
+    app.close()
+
+
+def _next_event(seen: queue.Queue[dict[str, Any]], kind: str) -> dict[str, Any] | None:
+    """The first event of ``kind`` still queued in ``seen`` (others before it are dropped), or None."""
+    while True:
+        try:
+            event = seen.get_nowait()
+        except queue.Empty:
+            return None
+        if event.get("type") == kind:
+            return event
 
 
 def test_happy_path_with_rabbitmq_as_the_broker(
