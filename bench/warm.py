@@ -174,7 +174,7 @@ class Bench:
         # --latency-jobs of them (the ratio's medians stay those of the interleaved runs above).
         latency = list(times["bucketzip"])
         latency_engine = list(engine)
-        for i in range(runs, max(runs, self.args.latency_jobs)):
+        for i in range(runs, self.args.latency_jobs):
             settle(self.moto_pid)
             seconds, _, engine_seconds = self.bucketzip(c, f"{c.name}/latency-{i}.zip")
             latency.append(seconds)
