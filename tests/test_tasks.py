@@ -293,7 +293,10 @@ def test_sweep_aborts_stale_uploads_of_no_running_job(
     registry.upload_started("dead-job", f"s3://{bucket}/dead.zip", mine)
     registry.upload_started("live-job", f"s3://{bucket}/live.zip", live)
     registry.redis.sadd(registry.key("buckets"), bucket)
-    lock = Lifecycle(registry).lease("live-job", f"s3://{bucket}/live.zip")
+    # The live job's lease must outlast the two sweeps below, however slow the machine: the test holds it and
+    # does not renew it (with the suite's 4 s TTL it lapsed mid-test on a loaded CI machine).
+    held = Registry(queue_settings.replace(lock_ttl=120))
+    lock = Lifecycle(held).lease("live-job", f"s3://{bucket}/live.zip")
     assert lock.acquire()
     later = time.time() + queue_settings.stale_upload_age + 1  # the uploads have gone stale by then
     try:
