@@ -209,7 +209,9 @@ def test_a_held_job_waits_for_its_lock_and_runs_once(
     bucket = make_bucket()
     s3.put_object(Bucket=bucket, Key="a.txt", Body=b"alpha")
     job_id = f"held-{uuid.uuid4().hex}"
-    other = Lifecycle(Registry(queue_settings)).lease(job_id, f"s3://{bucket}/a.zip")  # another worker runs it
+    life = Lifecycle(Registry(queue_settings))
+    # Another worker runs it; with no heartbeat here, its lease must outlast the wait below on a slow machine.
+    other = Lease(life.redis, life.lease(job_id, f"s3://{bucket}/a.zip").keys, ttl=120)
     assert other.acquire()
     handle = client.submit(
         {"sources": [f"s3://{bucket}/a.txt"], "destination": f"s3://{bucket}/a.zip", "job_id": job_id}
@@ -293,10 +295,10 @@ def test_sweep_aborts_stale_uploads_of_no_running_job(
     registry.upload_started("dead-job", f"s3://{bucket}/dead.zip", mine)
     registry.upload_started("live-job", f"s3://{bucket}/live.zip", live)
     registry.redis.sadd(registry.key("buckets"), bucket)
-    # The live job's lease must outlast the two sweeps below, however slow the machine: the test holds it and
-    # does not renew it (with the suite's 4 s TTL it lapsed mid-test on a loaded CI machine).
-    held = Registry(queue_settings.replace(lock_ttl=120))
-    lock = Lifecycle(held).lease("live-job", f"s3://{bucket}/live.zip")
+    # The live job's lease, with no heartbeat to renew it, must outlast both sweeps however slow the machine (the
+    # suite's 4 s TTL lapsed mid-test on a loaded CI run).
+    life = Lifecycle(registry)
+    lock = Lease(life.redis, life.lease("live-job", f"s3://{bucket}/live.zip").keys, ttl=120)
     assert lock.acquire()
     later = time.time() + queue_settings.stale_upload_age + 1  # the uploads have gone stale by then
     try:
