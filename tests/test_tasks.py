@@ -19,6 +19,13 @@ from bucketzip.registry import CANCELLED, FAILED, RETRIED, RUNNING, SUCCEEDED, R
 from bucketzip.tasks import sweep_uploads
 from tests.helpers import fetch_archive, keys, open_uploads, wait_until
 
+
+def unrenewed_lease(life: Lifecycle, job_id: str, destination: str) -> Lease:
+    """The lease of a run the test plays itself, with no heartbeat to renew it: it lasts 120 s, past every wait
+    in a test however slow the machine (the suite's 4 s TTL lapsed mid-test on a loaded CI run)."""
+    return Lease(life.redis, life.lease(job_id, destination).keys, ttl=120)
+
+
 RESULT_FIELDS = {
     "destination",
     "size",
@@ -209,9 +216,7 @@ def test_a_held_job_waits_for_its_lock_and_runs_once(
     bucket = make_bucket()
     s3.put_object(Bucket=bucket, Key="a.txt", Body=b"alpha")
     job_id = f"held-{uuid.uuid4().hex}"
-    life = Lifecycle(Registry(queue_settings))
-    # Another worker runs it; with no heartbeat here, its lease must outlast the wait below on a slow machine.
-    other = Lease(life.redis, life.lease(job_id, f"s3://{bucket}/a.zip").keys, ttl=120)
+    other = unrenewed_lease(Lifecycle(Registry(queue_settings)), job_id, f"s3://{bucket}/a.zip")  # another run has it
     assert other.acquire()
     handle = client.submit(
         {"sources": [f"s3://{bucket}/a.txt"], "destination": f"s3://{bucket}/a.zip", "job_id": job_id}
@@ -295,10 +300,7 @@ def test_sweep_aborts_stale_uploads_of_no_running_job(
     registry.upload_started("dead-job", f"s3://{bucket}/dead.zip", mine)
     registry.upload_started("live-job", f"s3://{bucket}/live.zip", live)
     registry.redis.sadd(registry.key("buckets"), bucket)
-    # The live job's lease, with no heartbeat to renew it, must outlast both sweeps however slow the machine (the
-    # suite's 4 s TTL lapsed mid-test on a loaded CI run).
-    life = Lifecycle(registry)
-    lock = Lease(life.redis, life.lease("live-job", f"s3://{bucket}/live.zip").keys, ttl=120)
+    lock = unrenewed_lease(Lifecycle(registry), "live-job", f"s3://{bucket}/live.zip")  # held through both sweeps
     assert lock.acquire()
     later = time.time() + queue_settings.stale_upload_age + 1  # the uploads have gone stale by then
     try:
@@ -354,7 +356,7 @@ def test_a_redelivered_job_records_the_archive_its_dead_run_published(
     client.registry.queued([(job_id, spec, f"s3://{out}/out.zip")])
     # The first run, as a worker makes it: lease, start, fence, publish - and then it dies.
     life = Lifecycle(client.registry)
-    lease = Lease(life.redis, life.lease(job_id, f"s3://{out}/out.zip").keys, ttl=120)  # no heartbeat here
+    lease = unrenewed_lease(life, job_id, f"s3://{out}/out.zip")
     assert lease.acquire() and life.start(job_id, spec, f"s3://{out}/out.zip", "dead:1", lease).run
     run_job(spec, queue_settings, publication=Publication(job_id, lease.token, lambda p: life.fence(job_id, lease, p)))
     lease.release()  # its lease runs out
