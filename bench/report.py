@@ -26,6 +26,40 @@ def cpu_bound(cpu: dict[str, float], complete: float, cores: int) -> float:
     return complete + max(server, (server + cpu["own"]) / cores)
 
 
+# Issue 11's targets: the least speed-up over naive for a corpus (warm and cold alike, twenty warm only), and
+# the tiny job's warm p50 latency.
+SPEEDUP_TARGETS = {"cold": {"medium": 5.0, "mixed": 5.0, "large": 5.0}}
+SPEEDUP_TARGETS["warm"] = {**SPEEDUP_TARGETS["cold"], "twenty": 3.0}
+TINY_P50_TARGET = 0.100
+
+
+def verdict(target: float, naive: float, ours: float, server_least: float, our_least: float) -> str:
+    """Whether bucketzip's median ``ours`` is ``target`` times faster than naive's; if not, what stands in the way.
+
+    ``server_least``: the server's CPU seconds for the bound's requests, which any archiver must make (read
+    every object, write the archive). moto serves on one core (its GIL), so no client ends sooner. ``our_least``:
+    ``cpu_bound`` of bucketzip's own work and the server's for it. Both come from the same run as the medians.
+    """
+    need = naive / target
+    head = f"{naive / ours:.2f}x, target {target:g}x (needs {need:.2f} s)"
+    if ours <= need:
+        return f"{head}: met"
+    if server_least >= need:
+        return (
+            f"{head}: out of reach of any client against this server, which spends {server_least:.2f} s of CPU on "
+            "one core serving the bound's requests alone"
+        )
+    if our_least >= need:
+        return (
+            f"{head}: out of reach on this machine of bucketzip's work and the server's for it, which no schedule "
+            f"ends before {our_least:.2f} s (the server alone: {server_least:.2f} s for the bound's requests)"
+        )
+    return (
+        f"{head}: not met; it needs {our_least / need:.0%} of the {our_least:.2f} s CPU bound, and got "
+        f"{our_least / ours:.0%}"
+    )
+
+
 def summarize(c: Corpus, outcomes: list[Outcome]) -> dict[str, dict[str, Any]]:
     """Per contender: median seconds, throughput, archive size, ratio, peak RSS, and the runs' times."""
     out: dict[str, dict[str, Any]] = {}
@@ -108,6 +142,9 @@ def table(c: Corpus, summary: dict[str, dict[str, Any]], cores: int = 2) -> str:
             f"schedule on {cores} cores ends before {least:.2f} s; bucketzip reaches {least / bz:.0%} of it"
             + (f"; 5x naive needs {naive / 5:.2f} s" if naive else "")
         )
+        target = SPEEDUP_TARGETS["cold"].get(c.name)
+        if target and naive and "server_cpu_seconds" in b:
+            lines.append(f"target: {verdict(target, naive, bz, b['server_cpu_seconds'], least)}")
     return "\n".join(lines)
 
 

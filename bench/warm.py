@@ -35,7 +35,7 @@ from bucketzip.config import Settings, usable_cpus
 from bucketzip.devserver import children, cpu_seconds, free_port, moto_process, redis_server, worker_process
 
 from . import corpus as corpora
-from .report import cpu_bound
+from .report import SPEEDUP_TARGETS, TINY_P50_TARGET, cpu_bound, verdict
 from .runner import child_env, harness_s3, settle
 from .verify import verify
 
@@ -338,6 +338,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def latency_verdict(p50: float, server_least: float) -> str:
+    """The tiny job's p50 against its target; ``server_least`` as in ``report.verdict``."""
+    ms, target = 1000, TINY_P50_TARGET
+    head = f"p50 {p50 * ms:.0f} ms, target {target * ms:.0f} ms"
+    if p50 <= target:
+        return f"{head}: met"
+    if server_least >= target:
+        return (
+            f"{head}: out of reach of any client against this server, which spends {server_least * ms:.0f} ms of "
+            "CPU on one core serving the bound's requests alone"
+        )
+    return f"{head}: not met (the server alone: {server_least * ms:.0f} ms for the bound's requests)"
+
+
 def report(record: dict[str, Any]) -> None:
     c = record["args"]["concurrency"]
     print(f"\nwarm: a Celery worker (prefork, -c {c}) vs the naive pipeline and the bound, each in a warm process")
@@ -381,6 +395,15 @@ def report(record: dict[str, Any]) -> None:
             f" bucketzip {r['median']['bucketzip']:.2f} s = {r['cpu_bound'] / r['median']['bucketzip']:.0%} of it."
             f" {others}"
         )
+    print("targets (issue 11), from this run's medians:")
+    for name, r in record["by_size"].items():
+        target = SPEEDUP_TARGETS["warm"].get(name)
+        cpu = r["cpu"]
+        if target and "naive" in cpu and "bound" in cpu:
+            m = r["median"]
+            print(f"  {name:8} {verdict(target, m['naive'], m['bucketzip'], cpu['bound']['server'], r['cpu_bound'])}")
+        if name == "tiny" and "bound" in cpu:
+            print(f"  {name:8} {latency_verdict(r['bucketzip_p50'], cpu['bound']['server'])}")
     for t in record.get("throughput", []):
         print(
             f"throughput {t['corpus']}: {t['jobs']} jobs at once in {t['seconds']:.2f} s: {t['jobs_per_s']:.1f} "
