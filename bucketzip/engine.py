@@ -31,7 +31,7 @@ from .prefetch import Prefetcher
 from .selection import Entry, Selection, select, sources_digest
 from .spec import JobSpec
 from .stores import ObjectInfo, Published, Sink, SinkOptions, Store, store_for, warm
-from .stores.base import JOB_TAG
+from .stores.base import JOB_TAG, Completing, Sealing
 from .zipstage import ZipStage
 
 T = TypeVar("T")
@@ -125,11 +125,14 @@ def part_size_for(sel: Selection, settings: Settings) -> int:
 class Publication:
     """How a queued run publishes: its archive is tagged with the job and the run, the commit is conditional
     on the destination being as the run found it, and ``fence`` - a blocking call that raises to stop -
-    is passed right before the commit, with the result so far (all but the store's answer)."""
+    is passed right before the commit, with the result so far (all but the store's answer) and what a sealing
+    sink sealed. ``sealed``: the mark an earlier run of the job left at its fence with a sealed upload, for
+    this run to complete instead of making the archive again (``stores.base.Sealing``)."""
 
     job_id: str
     run: str
-    fence: Callable[[dict[str, Any]], None]
+    fence: Callable[[dict[str, Any], dict[str, Any] | None], None]
+    sealed: dict[str, Any] | None = None
 
 
 class AlreadyPublished(Exception):
@@ -158,6 +161,10 @@ async def build_archive(
     started = time.monotonic()
     stores = stores or (lambda protocol: store_for(protocol, settings))
     dest_store = stores(spec.destination.protocol)
+    if publication is not None and publication.sealed is not None:
+        completed = await _complete_sealed(spec, dest_store, publication.sealed, started)
+        if completed is not None:
+            return completed
     if publication is not None:
         # The destination as this run finds it, looked up while the sources are listed.
         sel, prior = await asyncio.gather(select(spec, settings, stores), dest_store.head(spec.destination))
@@ -215,8 +222,9 @@ async def build_archive(
             description=options.description,
             sources_digest=sources_digest(written),
         )
+        sealed = await sink.seal() if isinstance(sink, Sealing) else None  # a vault's: every part is up
         if publication is not None:
-            await asyncio.to_thread(publication.fence, result.to_dict())
+            await asyncio.to_thread(publication.fence, result.to_dict(), sealed)
     except BaseException as exc:
         await asyncio.shield(_abort(sink, exc))
         raise
@@ -236,6 +244,21 @@ async def build_archive(
     if spec.presign_expires:
         result.url = await presign(spec, settings, published.version_id, stores)
     result.duration = round(time.monotonic() - started, 3)
+    return result
+
+
+async def _complete_sealed(spec: JobSpec, store: Store, mark: dict[str, Any], started: float) -> JobResult | None:
+    """Complete the upload a dead run of this job sealed at its fence (``mark``), and its result; None when the
+    store cannot, and the archive is made again."""
+    published = await store.complete_sealed(spec.destination, mark["sealed"]) if isinstance(store, Completing) else None
+    if published is None:
+        log.warning("job %s: the upload an earlier run sealed is gone; making the archive again", spec.job_id)
+        return None
+    result = JobResult(**mark["result"])
+    result.size, result.parts, result.part_size = published.size, published.parts, published.part_size or 0
+    result.archive_id, result.tree_hash = published.archive_id, published.tree_hash
+    result.duration = round(time.monotonic() - started, 3)
+    log.info("job %s: completed the upload an earlier run sealed before it died", spec.job_id)
     return result
 
 

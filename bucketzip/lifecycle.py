@@ -261,11 +261,12 @@ class Lifecycle:
         result: Start = self._cas(job_id, decide, cancel_key)
         return result
 
-    def fence(self, job_id: str, lease: Lease, pending: dict[str, Any]) -> None:
+    def fence(self, job_id: str, lease: Lease, pending: dict[str, Any], sealed: dict[str, Any] | None = None) -> None:
         """The last check before the archive is published: this run still holds its lease, the job is still
         its and running, and nobody asked to cancel it. Marks the job ``publishing`` with the result so far
-        (``pending``: what a later run reports if this one dies between publishing and recording); raises
-        ``LeaseLost`` or ``JobCancelled`` otherwise, and then nothing may be published."""
+        (``pending``: what a later run reports if this one dies between publishing and recording) and the
+        sealed upload, if any (``sealed``: what a later run completes instead of making the archive again);
+        raises ``LeaseLost`` or ``JobCancelled`` otherwise, and then nothing may be published."""
         cancel_key = self.key("cancel", job_id)
 
         def decide(record: dict[str, str], pipe: Any) -> None:
@@ -276,7 +277,7 @@ class Lifecycle:
             if pipe.exists(cancel_key):
                 raise JobCancelled(job_id)
             pipe.multi()
-            mark = json.dumps({"run": lease.token, "result": pending})
+            mark = json.dumps({"run": lease.token, "result": pending, **({"sealed": sealed} if sealed else {})})
             pipe.hset(self.key("job", job_id), "publishing", mark)
 
         self._cas(job_id, decide, cancel_key, *lease.keys)
@@ -415,7 +416,7 @@ class Heartbeat(threading.Thread):
             if self._cancel is not None:
                 self._cancel()
 
-    def fence(self, pending: dict[str, Any]) -> None:
+    def fence(self, pending: dict[str, Any], sealed: dict[str, Any] | None = None) -> None:
         """The engine's last call before it commits (on a worker thread): raises to stop, else from here on
         the run cannot be stopped."""
         with self._lock:
@@ -423,7 +424,13 @@ class Heartbeat(threading.Thread):
                 raise JobCancelled(self.job_id)
             if self.stop_reason is not None:
                 raise LeaseLost(self.job_id)
-            self.life.fence(self.job_id, self.lease, pending)
+            self.life.fence(self.job_id, self.lease, pending, sealed)
+            self.publishing = True
+
+    def passed_fence(self) -> None:
+        """This run completes what a dead run sealed past the fence: as that run could not be, it cannot be
+        stopped now."""
+        with self._lock:
             self.publishing = True
 
     def run(self) -> None:

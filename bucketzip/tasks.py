@@ -130,7 +130,10 @@ def _run(task: Task, life: Lifecycle, lease: Lease, spec: JobSpec, job_id: str) 
     heartbeat = Heartbeat(life, lease, job_id, publish, lambda: shutting_down(registry, hostname))
     heartbeat.start()
     try:
-        publication = Publication(job_id, lease.token, heartbeat.fence)
+        sealed = _sealed_by_a_dead_run(registry, job_id, lease)
+        if sealed is not None:
+            heartbeat.passed_fence()
+        publication = Publication(job_id, lease.token, heartbeat.fence, sealed)
         try:
             result = run_job(spec, life.registry.settings, heartbeat.progress, on_upload, publication, heartbeat.bind)
             result_dict = result.to_dict()
@@ -146,6 +149,8 @@ def _run(task: Task, life: Lifecycle, lease: Lease, spec: JobSpec, job_id: str) 
     heartbeat.stop()
     result_dict["job_id"] = result_dict.get("job_id") or job_id
     upload_id = registry.redis.hget(registry.key("job", job_id), "upload_id")
+    if upload_id is None and publication.sealed is not None:  # this run completed the dead run's upload
+        upload_id = publication.sealed["sealed"]["upload_id"]
     recorded = life.finish(
         job_id,
         lease,
@@ -203,6 +208,14 @@ def _record_failure(
         raise Ignore() from exc  # no longer this run's job: store nothing over the run that holds it
     if isinstance(exc, JobCancelled | JobTimedOut):
         raise exc  # in our words, to the record and to the result backend alike
+
+
+def _sealed_by_a_dead_run(registry: Registry, job_id: str, lease: Lease) -> dict[str, Any] | None:
+    """The mark an earlier run of this job left at its fence, if it sealed an upload there (a vault's): that
+    run died after the fence, perhaps after completing the upload too, so this run completes it, not anew."""
+    job = registry.get(job_id)
+    mark = json.loads(job.publishing) if job is not None and job.publishing else {}
+    return mark if mark.get("sealed") and mark.get("run") != lease.token else None
 
 
 def _recorded(registry: Registry, job_id: str, spec: JobSpec, info: Any) -> dict[str, Any]:

@@ -652,8 +652,9 @@ def test_a_run_stopped_at_the_fence_publishes_nothing(
     src, dest, _ = twenty
     seen: list[dict[str, Any]] = []
 
-    def fence(pending: dict[str, Any]) -> None:
+    def fence(pending: dict[str, Any], sealed: dict[str, Any] | None) -> None:
         seen.append(pending)
+        assert sealed is None  # an S3 sink seals nothing: its last part may be the whole archive, in one PUT
         raise JobCancelled("j1")
 
     with pytest.raises(JobCancelled):
@@ -666,14 +667,14 @@ def test_a_run_finds_its_jobs_archive_already_published(
     twenty: tuple[str, str, dict[str, bytes]], s3: Any, settings: Settings
 ) -> None:
     src, dest, _ = twenty
-    run_job(job(src, dest), settings, publication=Publication("j1", "run-1", lambda pending: None))
+    run_job(job(src, dest), settings, publication=Publication("j1", "run-1", lambda pending, sealed: None))
     head = s3.head_object(Bucket=dest, Key="out.zip")
     assert head["Metadata"] == {"bucketzip-job": "j1", "bucketzip-run": "run-1"}
     with pytest.raises(AlreadyPublished) as found:
-        run_job(job(src, dest), settings, publication=Publication("j1", "run-2", lambda pending: None))
+        run_job(job(src, dest), settings, publication=Publication("j1", "run-2", lambda pending, sealed: None))
     assert found.value.info.etag == head["ETag"] and found.value.info.metadata["bucketzip-run"] == "run-1"
     # Another job writing the same key goes ahead, and overwrites it only as it found it (If-Match).
-    result = run_job(job(src, dest), settings, publication=Publication("j2", "run-1", lambda pending: None))
+    result = run_job(job(src, dest), settings, publication=Publication("j2", "run-1", lambda pending, sealed: None))
     assert result.entries == 20
     assert s3.head_object(Bucket=dest, Key="out.zip")["Metadata"]["bucketzip-job"] == "j2"
     assert open_uploads(s3, dest) == []

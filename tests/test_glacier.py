@@ -231,3 +231,128 @@ def test_a_worker_fills_a_vault_and_the_catalog(
     assert record["tree_hash"] == result["tree_hash"] and record["description"] == f"bucketzip job {good.id}"
     failed = client.status(bad.id)
     assert failed.state == FAILED and failed.runs == 1 and failed.error["type"] == "UploadFailed"
+
+
+# --- a run that dies after its fence: its sealed upload is completed by the next run, not made again ---
+
+
+def test_a_sealed_upload_is_completed_again_into_the_same_archive(
+    s3: Any, make_bucket: Any, vaults: Any, vault_settings: Settings
+) -> None:
+    """The sink seals (every part up, the tree hash known) before the fence, which records it; a later run
+    completes that upload again and gets the archive the first Complete made. Once the vault no longer knows the
+    upload, the later run makes the archive again."""
+    from bucketzip.engine import Publication
+
+    bucket = make_bucket()
+    files = corpus(s3, bucket)
+    spec = {"sources": [f"s3://{bucket}/in/"], "destination": f"glacier://{vaults.vault}", "job_id": "j1"}
+    marks: list[dict[str, Any]] = []
+
+    def fence(pending: dict[str, Any], sealed: dict[str, Any] | None) -> None:
+        assert sealed is not None and sealed["upload_id"] in vaults.uploads  # sealed: uploaded, not completed
+        marks.append({"run": "run-1", "result": pending, "sealed": sealed})
+
+    first = run_job(spec, vault_settings, publication=Publication("j1", "run-1", fence)).to_dict()
+    [mark] = marks
+    assert mark["sealed"]["upload_id"] and mark["sealed"]["size"] == first["size"]
+    assert mark["sealed"]["tree_hash"] == first["tree_hash"] and vaults.calls["upload_part"] == first["parts"]
+
+    again = run_job(spec, vault_settings, publication=Publication("j1", "run-2", fence, sealed=mark)).to_dict()
+    assert again == {**first, "duration": again["duration"]}  # the same archive, the same result
+    assert list(vaults.archives) == [first["archive_id"]] and vaults.calls["complete"] == 2
+    assert vaults.calls["initiate"] == 1 and vaults.calls["upload_part"] == first["parts"]  # nothing made again
+    check_zip_bytes(vaults.archive_bytes(first["archive_id"]), files)
+
+    vaults.forget_completed()
+    anew = run_job(spec, vault_settings, publication=Publication("j1", "run-3", fence, sealed=mark)).to_dict()
+    assert anew["archive_id"] != first["archive_id"] and vaults.calls["initiate"] == 2
+    check_zip_bytes(vaults.archive_bytes(anew["archive_id"]), files)
+
+
+# A worker's run of the job, as tasks.py makes it (lease, start, fence, publish), that dies - at its fence, before
+# the vault's Complete, or after it, before recording the archive: os._exit, as a killed worker.
+DYING_RUN = """
+import json, os, sys
+from bucketzip.config import Settings
+from bucketzip.engine import Publication, run_job
+from bucketzip.lifecycle import Lifecycle
+from bucketzip.registry import Registry
+
+job_id, spec, dies = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+settings = Settings.from_env()
+life = Lifecycle(Registry(settings))
+lease = life.lease(job_id, spec["destination"])
+assert lease.acquire() and life.start(job_id, spec, spec["destination"], "dying:1", lease).run
+
+
+def fence(pending, sealed=None):
+    life.fence(job_id, lease, pending, sealed)
+    if dies == "at the fence":
+        os._exit(3)
+
+
+run_job(spec, settings, publication=Publication(job_id, lease.token, fence))
+os._exit(3)
+"""
+
+
+@pytest.mark.parametrize(("dies", "completes"), [("at the fence", 1), ("after the Complete", 2)])
+def test_a_redelivered_vault_job_completes_the_upload_its_dead_run_sealed(
+    dies: str,
+    completes: int,
+    s3: Any,
+    make_bucket: Any,
+    vaults: Any,
+    s3_env: dict[str, str],
+    redis_url: str,
+    queue_prefix: str,
+) -> None:
+    """A run passed its fence and died, before or after the vault's Complete: the redelivered job, on a worker,
+    completes that upload (Glacier answers a repeat with the same archive) and records it. One archive in the
+    vault, no upload left open, no part sent twice."""
+    import json
+    import subprocess
+    import sys
+    import uuid
+
+    from celery.contrib.testing.worker import start_worker
+
+    import bucketzip.tasks  # noqa: F401
+    from bucketzip.client import Client
+    from bucketzip.registry import SUCCEEDED
+    from bucketzip.spec import JobSpec
+    from bucketzip.worker import make_app
+    from tests.conftest import queue_env
+
+    bucket = make_bucket()
+    files = corpus(s3, bucket)
+    env = queue_env({**s3_env, "AWS_ENDPOINT_URL_GLACIER": vaults.url}, redis_url, queue_prefix)
+    app = make_app(Settings.from_env(env))
+    client = Client(app=app)
+    job_id, dest = f"dying-{uuid.uuid4().hex}", f"glacier://{vaults.vault}"
+    spec = JobSpec.from_dict({"sources": [f"s3://{bucket}/in/"], "destination": dest}, app.settings).to_dict()
+    client.registry.queued([(job_id, spec, dest)])
+    dying = subprocess.run(
+        [sys.executable, "-c", DYING_RUN, job_id, json.dumps(spec), dies],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dying.returncode == 3, dying.stderr
+    assert vaults.calls["complete"] == completes - 1 and vaults.calls["initiate"] == 1
+    parts = vaults.calls["upload_part"]
+    with start_worker(app, pool="threads", concurrency=1, perform_ping_check=False, loglevel="WARNING"):
+        client._publish([(job_id, spec, dest)])  # the dead run's message, delivered again
+        result = client.wait(job_id, 120)
+    app.close()
+    job = client.status(job_id)
+    assert job.state == SUCCEEDED and job.runs == 2 and job.lost == 1
+    assert list(vaults.archives) == [result["archive_id"]] and vaults.calls["complete"] == completes
+    assert vaults.calls["initiate"] == 1 and vaults.calls["upload_part"] == parts == result["parts"]
+    assert vaults.open_uploads(vaults.vault) == []
+    check_zip_bytes(vaults.archive_bytes(result["archive_id"]), files)
+    [record] = client.archives(vault=vaults.vault)
+    assert record["archive_id"] == result["archive_id"] and record["job_id"] == job_id
+    assert result["entries"] == len(files) and result["input_bytes"] == sum(map(len, files.values()))

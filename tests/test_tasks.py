@@ -3,6 +3,7 @@ process) against real Redis and the moto server. Every archive is read back with
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -358,7 +359,8 @@ def test_a_redelivered_job_records_the_archive_its_dead_run_published(
     life = Lifecycle(client.registry)
     lease = unrenewed_lease(life, job_id, f"s3://{out}/out.zip")
     assert lease.acquire() and life.start(job_id, spec, f"s3://{out}/out.zip", "dead:1", lease).run
-    run_job(spec, queue_settings, publication=Publication(job_id, lease.token, lambda p: life.fence(job_id, lease, p)))
+    fence = functools.partial(life.fence, job_id, lease)
+    run_job(spec, queue_settings, publication=Publication(job_id, lease.token, fence))
     lease.release()  # its lease runs out
     client._publish([(job_id, spec, f"s3://{out}/out.zip")])  # and its message is delivered again
     result = client.wait(job_id, 60)

@@ -8,8 +8,9 @@ completion the archive's size and tree hash. Every hash is checked against ``bot
 an implementation independent of bucketzip's. Archives and uploads are kept in files, so a large archive does
 not live in memory.
 
-Faults can be injected (``fail``), retrieval jobs finish when told to (``finish_jobs``) or at once
-(``jobs_finish_at_once``), and every call is counted (``calls``).
+A repeated Complete of an upload answers with the archive the first one made, as Glacier's does for a while
+(``forget_completed`` ends that while). Faults can be injected (``fail``), retrieval jobs finish when told to
+(``finish_jobs``) or at once (``jobs_finish_at_once``), and every call is counted (``calls``).
 
     python -m tests.vaultserver --port 9100 --root /tmp/vaults     # stand-alone (the benchmark uses this)
 """
@@ -121,6 +122,7 @@ class VaultServer:
         self.vaults: set[str] = set()
         self.uploads: dict[str, Upload] = {}
         self.archives: dict[str, Archive] = {}
+        self.completed: dict[str, Archive] = {}  # upload id -> the archive its Complete made (see forget_completed)
         self.jobs: dict[str, Job] = {}
         self.faults: list[Fault] = []
         self.calls: Counter[str] = Counter()
@@ -139,6 +141,12 @@ class VaultServer:
         """Make the next ``times`` calls of ``operation`` (after ``after`` more) answer ``status``/``code``."""
         with self.lock:
             self.faults.append(Fault(operation, status, code, after, times))
+
+    def forget_completed(self) -> None:
+        """Let the while pass in which Glacier answers a repeated Complete with the archive the first made: a
+        completed upload is then unknown (ResourceNotFoundException), as an aborted one is."""
+        with self.lock:
+            self.completed.clear()
 
     def finish_jobs(self) -> None:
         with self.lock:
@@ -241,11 +249,16 @@ class VaultServer:
         return 204, {"x-amz-sha256-tree-hash": expected}, b""
 
     def complete(self, vault: str, upload_id: str, headers: Any) -> tuple[int, dict[str, str], bytes]:
-        upload = self._upload(vault, upload_id)
         raw_size = headers.get("x-amz-archive-size", "")
         if not raw_size.isdigit():
             raise Refused(400, "MissingParameterValueException", "x-amz-archive-size is required")
         size = int(raw_size)
+        done = self.completed.get(upload_id)
+        if done is not None and done.vault == vault:  # Glacier's Complete is idempotent: the same archive again
+            if (done.size, done.tree_hash) != (size, headers.get("x-amz-sha256-tree-hash")):
+                raise Refused(400, "InvalidParameterValueException", "the upload was completed with another archive")
+            return 201, self._archive_headers(done), b""
+        upload = self._upload(vault, upload_id)
         at = 0
         starts = sorted(upload.parts)
         for i, start in enumerate(starts):
@@ -262,15 +275,18 @@ class VaultServer:
         archive_id = secrets.token_urlsafe(104)[:138]
         path = os.path.join(self.root, f"archive-{hashlib.sha1(archive_id.encode()).hexdigest()}")
         os.replace(upload.path, path)
+        archive = Archive(archive_id, vault, size, expected, upload.description, path)
         with self.lock:
             del self.uploads[upload_id]
-            self.archives[archive_id] = Archive(archive_id, vault, size, expected, upload.description, path)
-        headers_out = {
-            "Location": f"/012345678901/vaults/{vault}/archives/{archive_id}",
-            "x-amz-archive-id": archive_id,
-            "x-amz-sha256-tree-hash": expected,
+            self.archives[archive_id] = self.completed[upload_id] = archive
+        return 201, self._archive_headers(archive), b""
+
+    def _archive_headers(self, archive: Archive) -> dict[str, str]:
+        return {
+            "Location": f"/012345678901/vaults/{archive.vault}/archives/{archive.id}",
+            "x-amz-archive-id": archive.id,
+            "x-amz-sha256-tree-hash": archive.tree_hash,
         }
-        return 201, headers_out, b""
 
     def abort(self, vault: str, upload_id: str) -> tuple[int, dict[str, str], bytes]:
         upload = self._upload(vault, upload_id)

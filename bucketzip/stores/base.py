@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from ..errors import (
     AccessDenied,
@@ -104,6 +104,27 @@ class Sink(Protocol):
     async def write(self, data: bytes | bytearray) -> None: ...
     async def commit(self) -> Published: ...
     async def abort(self) -> None: ...
+
+
+@runtime_checkable
+class Sealing(Protocol):
+    """A sink whose upload a later run can complete, from what ``seal`` returned, without making the archive
+    again: a vault's (Glacier's CompleteMultipartUpload answers a repeat with the same archive for a while). A
+    run that dies after its fence leaves its sealed upload behind; ``Completing.complete_sealed`` finishes it."""
+
+    async def seal(self) -> dict[str, Any]:
+        """Upload the rest and wait for every part; afterwards ``commit`` only completes. Returns what
+        ``complete_sealed`` needs (JSON: it is recorded at the fence)."""
+        ...
+
+
+@runtime_checkable
+class Completing(Protocol):
+    """A store that completes an upload a ``Sealing`` sink sealed."""
+
+    async def complete_sealed(self, dest: Location, sealed: dict[str, Any]) -> Published | None:
+        """Complete it (again); None when the upload is gone and nothing says what became of it."""
+        ...
 
 
 class Store(Protocol):

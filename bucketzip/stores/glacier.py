@@ -25,7 +25,7 @@ from typing import Any
 from ..config import MAX_PARTS, MiB, Settings
 from ..errors import InvalidJob, LimitExceeded
 from ..spec import Location
-from .base import ObjectInfo, Published, SinkOptions, translate
+from .base import ObjectInfo, Published, SinkOptions, error_code, translate
 from .parts import PartedSink, abort_retrying
 from .treehash import combine, tree_hash
 
@@ -110,6 +110,22 @@ class GlacierStore:
         client = await asyncio.get_running_loop().run_in_executor(self.pool, self.client)
         return GlacierSink(client, self.pool, dest, options, part_size)
 
+    async def complete_sealed(self, dest: Location, sealed: dict[str, Any]) -> Published | None:
+        """Complete the upload a run sealed and may have completed before it died. Glacier answers a repeated
+        Complete with the archive the first one made, for a while after it; an upload never completed is
+        completed now. None once the vault no longer knows the upload: aborted (by the sweep), or completed
+        too long ago to be repeated, in which case that archive stays unrecorded."""
+        loop = asyncio.get_running_loop()
+        client = await loop.run_in_executor(self.pool, self.client)
+        call = functools.partial(client.complete_multipart_upload, **complete_args(dest.bucket, sealed))
+        try:
+            answer = await loop.run_in_executor(self.pool, call)
+        except Exception as exc:
+            if error_code(exc) == "ResourceNotFoundException":
+                return None
+            raise translate(exc, dest.url, "write") from exc
+        return published(sealed, answer)
+
     # --- the janitor ---
 
     async def list_uploads(self, vault: str) -> builtins.list[dict[str, Any]]:
@@ -178,6 +194,28 @@ class GlacierStore:
             body.close()
 
 
+def complete_args(vault: str, sealed: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "vaultName": vault,
+        "uploadId": sealed["upload_id"],
+        "archiveSize": str(sealed["size"]),
+        "checksum": sealed["tree_hash"],
+    }
+
+
+def published(sealed: dict[str, Any], answer: dict[str, Any]) -> Published:
+    """What a vault's Complete of the ``sealed`` upload made."""
+    return Published(
+        sealed["size"],
+        None,
+        None,
+        sealed["parts"],
+        part_size=sealed["part_size"],
+        archive_id=answer["archiveId"],
+        tree_hash=answer.get("checksum") or sealed["tree_hash"],
+    )
+
+
 def abort_upload(client: Any, vault: str, upload_id: str) -> None:
     """Abort a vault upload (blocking), retrying; an upload already gone counts as aborted."""
     abort = functools.partial(client.abort_multipart_upload, vaultName=vault, uploadId=upload_id)
@@ -198,6 +236,7 @@ class GlacierSink(PartedSink):
         self.vault = dest.bucket
         self._offset = 0  # where the next part starts
         self._hashes: dict[int, bytes] = {}  # part offset -> its tree hash
+        self._sealed: dict[str, Any] | None = None
 
     async def _start(self) -> None:
         args: dict[str, Any] = {"vaultName": self.vault, "partSize": str(self.part_size)}
@@ -227,30 +266,30 @@ class GlacierSink(PartedSink):
         )
         self._hashes[offset] = checksum
 
+    async def seal(self) -> dict[str, Any]:
+        """Upload the last part and wait for every part: what is left for ``commit`` is the vault's Complete,
+        which a later run can repeat from what this returns (``GlacierStore.complete_sealed``)."""
+        if self._sealed is None:
+            self._check()
+            if self._buffer or self.upload_id is None:  # the last part may be smaller (or the only one)
+                await self._submit(self._buffer)  # handed over: a new buffer replaces it
+            self._buffer = bytearray()
+            await self._parts_done()
+            self._sealed = {
+                "upload_id": self.upload_id,
+                "size": self._size,
+                "tree_hash": combine([self._hashes[o] for o in sorted(self._hashes)]).hex(),
+                "parts": len(self._hashes),
+                "part_size": self.part_size,
+            }
+        return self._sealed
+
     async def commit(self) -> Published:
+        sealed = await self.seal()
         self._check()
-        if self._buffer or self.upload_id is None:  # the last part may be smaller (or the only one)
-            await self._submit(self._buffer)  # handed over: a new buffer replaces it
-        self._buffer = bytearray()
-        await self._parts_done()
-        checksum = combine([self._hashes[o] for o in sorted(self._hashes)]).hex()
-        r = await self._call(
-            self.client.complete_multipart_upload,
-            vaultName=self.vault,
-            uploadId=self.upload_id,
-            archiveSize=str(self._size),
-            checksum=checksum,
-        )
+        r = await self._call(self.client.complete_multipart_upload, **complete_args(self.vault, sealed))
         self._closed = True
-        return Published(
-            self._size,
-            None,
-            None,
-            len(self._hashes),
-            part_size=self.part_size,
-            archive_id=r["archiveId"],
-            tree_hash=r.get("checksum") or checksum,
-        )
+        return published(sealed, r)
 
     async def abort(self) -> None:
         """Let part uploads in flight finish, then abort the vault upload: no archive, no parts left behind."""
