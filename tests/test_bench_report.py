@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from bench.report import verdict
@@ -36,3 +38,16 @@ def test_the_tiny_latency_target_gets_the_answer_its_figures_allow(
     p50: float, server_least: float, answer: str
 ) -> None:
     assert latency_verdict(p50, server_least).startswith(f"p50 {p50 * 1000:.0f} ms, target 100 ms: {answer}")
+
+
+def test_the_cpu_bound_counts_the_cores_the_server_can_use() -> None:
+    from bench.report import cpu_bound
+
+    cpu = {"server": 3.0, "own": 1.0}  # 1 s of it the Complete, after the last part
+    assert cpu_bound(cpu, 1.0, cores=2) == 1.0 + 2.0  # moto: its 2 s before the Complete on its one core
+    assert cpu_bound(cpu, 1.0, cores=2, server_cores=2) == 1.0 + 1.5  # a server on both: (2 + 1) / 2
+
+
+def test_a_speedup_target_against_an_unmeasured_server_says_so() -> None:
+    said = verdict(5.0, 10.0, 2.5, math.nan, math.nan)
+    assert said.endswith("not met (the server's CPU was not measured)")
