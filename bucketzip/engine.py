@@ -250,7 +250,9 @@ async def build_archive(
 async def _complete_sealed(spec: JobSpec, store: Store, mark: dict[str, Any], started: float) -> JobResult | None:
     """Complete the upload a dead run of this job sealed at its fence (``mark``), and its result; None when the
     store cannot, and the archive is made again."""
-    published = await store.complete_sealed(spec.destination, mark["sealed"]) if isinstance(store, Completing) else None
+    published = None
+    if isinstance(store, Completing):  # the dead run passed its fence: nothing stops this run now
+        published = await _through(store.complete_sealed(spec.destination, mark["sealed"]))
     if published is None:
         log.warning("job %s: the upload an earlier run sealed is gone; making the archive again", spec.job_id)
         return None
@@ -263,19 +265,26 @@ async def _complete_sealed(spec: JobSpec, store: Store, mark: dict[str, Any], st
 
 
 async def _commit(sink: Sink) -> Published:
-    """Commit, and see the commit through: once it has begun, being cancelled (a cancel, a time limit, a
-    worker shutting down) must neither abort the upload nor hide that the archive was published."""
-    commit = asyncio.ensure_future(sink.commit())
+    """Commit, and see the commit through (``_through``); a commit that fails aborts the upload."""
+    try:
+        return await _through(sink.commit())
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        await asyncio.shield(_abort(sink, exc))
+        raise
+
+
+async def _through(step: Coroutine[Any, Any, T]) -> T:
+    """Run ``step``, a publication, to its end: once it has begun, being cancelled (a cancel, a time limit, a
+    worker shutting down) must neither stop it nor hide that the archive was published."""
+    task = asyncio.ensure_future(step)
     while True:
         try:
-            return await asyncio.shield(commit)
+            return await asyncio.shield(task)
         except asyncio.CancelledError:
-            if commit.done():
+            if task.done():
                 raise
-            continue
-        except BaseException as exc:
-            await asyncio.shield(_abort(sink, exc))
-            raise
 
 
 async def _abort(sink: Sink, cause: BaseException) -> None:

@@ -427,12 +427,6 @@ class Heartbeat(threading.Thread):
             self.life.fence(self.job_id, self.lease, pending, sealed)
             self.publishing = True
 
-    def passed_fence(self) -> None:
-        """This run completes what a dead run sealed past the fence: as that run could not be, it cannot be
-        stopped now."""
-        with self._lock:
-            self.publishing = True
-
     def run(self) -> None:
         published: dict[str, Any] | None = None
         renewed = held = time.monotonic()

@@ -130,10 +130,7 @@ def _run(task: Task, life: Lifecycle, lease: Lease, spec: JobSpec, job_id: str) 
     heartbeat = Heartbeat(life, lease, job_id, publish, lambda: shutting_down(registry, hostname))
     heartbeat.start()
     try:
-        sealed = _sealed_by_a_dead_run(registry, job_id, lease)
-        if sealed is not None:
-            heartbeat.passed_fence()
-        publication = Publication(job_id, lease.token, heartbeat.fence, sealed)
+        publication = Publication(job_id, lease.token, heartbeat.fence, _sealed_by_a_dead_run(registry, job_id, lease))
         try:
             result = run_job(spec, life.registry.settings, heartbeat.progress, on_upload, publication, heartbeat.bind)
             result_dict = result.to_dict()

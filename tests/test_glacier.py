@@ -270,6 +270,43 @@ def test_a_sealed_upload_is_completed_again_into_the_same_archive(
     check_zip_bytes(vaults.archive_bytes(anew["archive_id"]), files)
 
 
+def test_a_cancel_does_not_stop_the_completion_of_a_sealed_upload(
+    s3: Any, make_bucket: Any, vaults: Any, vault_settings: Settings
+) -> None:
+    """The run that completes a dead run's sealed upload is past that run's fence: a cancel (or a time limit, or
+    a worker shutting down) that arrives while the vault answers neither stops it nor hides the archive."""
+    import threading
+
+    from bucketzip.engine import Publication
+    from tests.helpers import wait_until
+
+    bucket = make_bucket()
+    corpus(s3, bucket, n=2)
+    spec = {"sources": [f"s3://{bucket}/in/"], "destination": f"glacier://{vaults.vault}", "job_id": "j1"}
+    marks: list[dict[str, Any]] = []
+    publication = Publication("j1", "run-1", lambda p, sealed: marks.append({"result": p, "sealed": sealed}))
+    first = run_job(spec, vault_settings, publication=publication)
+    held = vaults.hold("complete")
+    cancels: list[Any] = []
+    outcome: dict[str, Any] = {}
+
+    def resume() -> None:
+        again = Publication("j1", "run-2", lambda p, sealed: None, sealed=marks[0])
+        try:
+            outcome["result"] = run_job(spec, vault_settings, publication=again, bind=cancels.append)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=resume)
+    thread.start()
+    wait_until(lambda: vaults.calls["complete"] == 2, "the repeated Complete at the vault")
+    cancels[0]()  # as the heartbeat stops a run
+    held.set()
+    thread.join(60)
+    assert "error" not in outcome and outcome["result"].archive_id == first.archive_id
+    assert list(vaults.archives) == [first.archive_id]
+
+
 # A worker's run of the job, as tasks.py makes it (lease, start, fence, publish), that dies - at its fence, before
 # the vault's Complete, or after it, before recording the archive: os._exit, as a killed worker.
 DYING_RUN = """

@@ -9,8 +9,9 @@ an implementation independent of bucketzip's. Archives and uploads are kept in f
 not live in memory.
 
 A repeated Complete of an upload answers with the archive the first one made, as Glacier's does for a while
-(``forget_completed`` ends that while). Faults can be injected (``fail``), retrieval jobs finish when told to
-(``finish_jobs``) or at once (``jobs_finish_at_once``), and every call is counted (``calls``).
+(``forget_completed`` ends that while). Faults can be injected (``fail``), calls held (``hold``), retrieval jobs
+finish when told to (``finish_jobs``) or at once (``jobs_finish_at_once``), and every call is counted
+(``calls``).
 
     python -m tests.vaultserver --port 9100 --root /tmp/vaults     # stand-alone (the benchmark uses this)
 """
@@ -125,6 +126,7 @@ class VaultServer:
         self.completed: dict[str, Archive] = {}  # upload id -> the archive its Complete made (see forget_completed)
         self.jobs: dict[str, Job] = {}
         self.faults: list[Fault] = []
+        self.holds: dict[str, threading.Event] = {}
         self.calls: Counter[str] = Counter()
         self.jobs_finish_at_once = False
         self.httpd: ThreadingHTTPServer | None = None
@@ -141,6 +143,12 @@ class VaultServer:
         """Make the next ``times`` calls of ``operation`` (after ``after`` more) answer ``status``/``code``."""
         with self.lock:
             self.faults.append(Fault(operation, status, code, after, times))
+
+    def hold(self, operation: str) -> threading.Event:
+        """Hold every call of ``operation`` (counted as it arrives) until the returned event is set."""
+        with self.lock:
+            held = self.holds[operation] = threading.Event()
+        return held
 
     def forget_completed(self) -> None:
         """Let the while pass in which Glacier answers a repeated Complete with the archive the first made: a
@@ -185,6 +193,7 @@ class VaultServer:
     def _fault(self, operation: str) -> None:
         with self.lock:
             self.calls[operation] += 1
+            held = self.holds.get(operation)
             for fault in self.faults:
                 if fault.operation == operation and fault.times > 0:
                     if fault.after > 0:
@@ -192,6 +201,8 @@ class VaultServer:
                         continue
                     fault.times -= 1
                     raise Refused(fault.status, fault.code, f"injected fault in {operation}")
+        if held is not None:
+            held.wait(60)
 
     def _vault(self, name: str) -> None:
         if name not in self.vaults:
