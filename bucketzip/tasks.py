@@ -207,11 +207,16 @@ def _record_failure(
         raise exc  # in our words, to the record and to the result backend alike
 
 
+def _publishing_mark(registry: Registry, job_id: str) -> dict[str, Any]:
+    """What the last run of this job to pass its fence noted there (``Lifecycle.fence``); {} if none did."""
+    raw = registry.redis.hget(registry.key("job", job_id), "publishing")
+    return json.loads(raw) if raw else {}
+
+
 def _sealed_by_a_dead_run(registry: Registry, job_id: str, lease: Lease) -> dict[str, Any] | None:
     """The mark an earlier run of this job left at its fence, if it sealed an upload there (a vault's): that
     run died after the fence, perhaps after completing the upload too, so this run completes it, not anew."""
-    job = registry.get(job_id)
-    mark = json.loads(job.publishing) if job is not None and job.publishing else {}
+    mark = _publishing_mark(registry, job_id)
     return mark if mark.get("sealed") and mark.get("run") != lease.token else None
 
 
@@ -221,8 +226,7 @@ def _recorded(registry: Registry, job_id: str, spec: JobSpec, info: Any) -> dict
     from .engine import presign, run_sync
     from .stores.base import RUN_TAG
 
-    job = registry.get(job_id)
-    mark = json.loads(job.publishing) if job is not None and job.publishing else {}
+    mark = _publishing_mark(registry, job_id)
     result = dict(mark.get("result") or {}) if mark.get("run") == info.metadata.get(RUN_TAG) else {}
     result.update(destination=spec.destination.url, size=info.size, etag=info.etag, version_id=info.version_id)
     result.setdefault("storage_class", spec.storage_class)

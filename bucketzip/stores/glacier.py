@@ -115,15 +115,13 @@ class GlacierStore:
         Complete with the archive the first one made, for a while after it; an upload never completed is
         completed now. None once the vault no longer knows the upload: aborted (by the sweep), or completed
         too long ago to be repeated, in which case that archive stays unrecorded."""
-        loop = asyncio.get_running_loop()
-        client = await loop.run_in_executor(self.pool, self.client)
-        call = functools.partial(client.complete_multipart_upload, **complete_args(dest.bucket, sealed))
         try:
-            answer = await loop.run_in_executor(self.pool, call)
-        except Exception as exc:
-            if error_code(exc) == "ResourceNotFoundException":
+            args = complete_args(dest.bucket, sealed)
+            answer = await self.call(dest.url, "write", "complete_multipart_upload", **args)
+        except Exception as exc:  # translated by ``call``: the vault's own error is its cause
+            if error_code(exc.__cause__ or exc) == "ResourceNotFoundException":
                 return None
-            raise translate(exc, dest.url, "write") from exc
+            raise
         return published(sealed, answer)
 
     # --- the janitor ---
